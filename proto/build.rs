@@ -1,0 +1,15 @@
+//! Compiles the .proto files with protox (pure Rust), so a fresh machine needs nothing but cargo.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/envoy/service/discovery/v3/ads.proto",
+        "proto/weft/mesh/v1/mesh.proto",
+    ];
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}
