@@ -1,0 +1,251 @@
+//! The real binaries as child processes: start, wait until ready, read their logs, stop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client;
+use crate::{Net, eventually};
+
+/// The path of a workspace binary, from the target directory this test was built into.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>  ->  target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins` \
+         (`cargo test --workspace` does this on its own)",
+        path.display()
+    );
+    path
+}
+
+/// A running child process whose stderr is collected for assertions.
+#[derive(Debug)]
+pub struct Process {
+    label: String,
+    child: Option<Child>,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Process {
+    pub fn spawn(label: &str, program: &Path, args: &[String]) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let logs = Arc::new(Mutex::new(String::new()));
+        let streams: [Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>; 2] = [
+            child.stdout.take().map(|s| Box::new(s) as _),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let logs = logs.clone();
+            let label = label.to_string();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    // Shown by the test runner only when the test fails.
+                    println!("[{label}] {line}");
+                    if let Ok(mut l) = logs.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        Self {
+            label: label.to_string(),
+            child: Some(child),
+            logs,
+        }
+    }
+
+    /// Everything the process has written to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Fails the test if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("{} exited ({status}); logs:\n{}", self.label, self.logs());
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash or an OOM kill would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        child.wait().await.ok().and_then(|s| s.code())
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+/// Waits until `GET http://<admin>/ready` answers 200.
+pub async fn wait_ready(what: &str, admin: SocketAddr, process: &mut Process) {
+    eventually(&format!("{what} to be ready"), || {
+        process.assert_running();
+        async move {
+            let r = client::get(admin, &format!("http://{admin}/ready"), &[]).await;
+            r.ok().filter(|r| r.status == 200).map(|_| ())
+        }
+    })
+    .await;
+}
+
+/// `weft-control` with a file source on a directory.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    dir: PathBuf,
+    process: Process,
+}
+
+impl ControlPlane {
+    /// Starts the control plane on `<net>.1` and waits until it is ready.
+    pub async fn start(net: Net, dir: &Path) -> Self {
+        let xds = net.addr(1, 15012);
+        let admin = net.addr(1, 15014);
+        let process = Self::spawn(xds, admin, dir);
+        let mut cp = Self {
+            xds,
+            admin,
+            dir: dir.to_path_buf(),
+            process,
+        };
+        wait_ready("control plane", admin, &mut cp.process).await;
+        cp
+    }
+
+    fn spawn(xds: SocketAddr, admin: SocketAddr, dir: &Path) -> Process {
+        let args = vec![
+            "--config-dir".to_string(),
+            dir.display().to_string(),
+            "--xds-addr".to_string(),
+            xds.to_string(),
+            "--admin-addr".to_string(),
+            admin.to_string(),
+            "--log".to_string(),
+            "info,weft_control=debug".to_string(),
+        ];
+        Process::spawn("control", &bin("weft-control"), &args)
+    }
+
+    /// Kills the control plane (SIGKILL).
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
+    }
+
+    /// Starts it again on the same addresses and directory.
+    pub async fn restart(&mut self) {
+        self.process.kill().await;
+        self.process = Self::spawn(self.xds, self.admin, &self.dir);
+        wait_ready("control plane (restarted)", self.admin, &mut self.process).await;
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// `GET /debug/<what>` as JSON.
+    pub async fn debug(&self, what: &str) -> serde_json::Value {
+        let url = format!("http://{}/debug/{what}", self.admin);
+        let resp = client::get(self.admin, &url, &[]).await.expect("admin answers");
+        serde_json::from_slice(&resp.body).expect("debug endpoint returns JSON")
+    }
+}
+
+/// `weft-proxy run` for one workload.
+#[derive(Debug)]
+pub struct Proxy {
+    pub node_id: String,
+    /// The workload's address: outbound :15001, inbound :15006, admin :15020.
+    pub ip: std::net::IpAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    process: Process,
+}
+
+impl Proxy {
+    /// Starts a sidecar for workload `<name>.default` at `<net>.<host>` and waits until it has
+    /// applied its first config.
+    pub async fn start(net: Net, host: u8, name: &str, cp: &ControlPlane) -> Self {
+        Self::start_with(net, host, name, cp, "delta").await
+    }
+
+    pub async fn start_with(net: Net, host: u8, name: &str, cp: &ControlPlane, mode: &str) -> Self {
+        let ip = net.ip(host);
+        let node_id = format!("{name}.default");
+        let args = vec![
+            "run".to_string(),
+            "--node-id".to_string(),
+            node_id.clone(),
+            "--address".to_string(),
+            ip.to_string(),
+            "--xds-addr".to_string(),
+            cp.xds.to_string(),
+            "--xds-mode".to_string(),
+            mode.to_string(),
+            "--log".to_string(),
+            "info,weft_proxy=debug".to_string(),
+        ];
+        let mut process = Process::spawn(&node_id, &bin("weft-proxy"), &args);
+        let admin = SocketAddr::new(ip, 15020);
+        wait_ready(&node_id, admin, &mut process).await;
+        Self {
+            node_id,
+            ip,
+            outbound: SocketAddr::new(ip, 15001),
+            admin,
+            process,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    pub fn assert_running(&mut self) {
+        self.process.assert_running();
+    }
+
+    /// The proxy's `/config_dump`.
+    pub async fn config_dump(&self) -> serde_json::Value {
+        let url = format!("http://{}/config_dump", self.admin);
+        let resp = client::get(self.admin, &url, &[]).await.expect("admin answers");
+        serde_json::from_slice(&resp.body).expect("config_dump is JSON")
+    }
+
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        let resp = client::get(self.admin, &url, &[]).await.expect("admin answers");
+        String::from_utf8_lossy(&resp.body).into_owned()
+    }
+}
