@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
+        // Ordered maps make encoding deterministic: equal config gives byte-equal resources,
+        // which the control plane relies on to hash versions and skip pushes that change nothing.
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;

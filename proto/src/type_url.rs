@@ -56,8 +56,14 @@ pub trait Resource: Message + Default + Sized {
 /// Why an `Any` could not be unpacked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnpackError {
-    WrongType { expected: &'static str, got: String },
-    Decode { type_url: &'static str, reason: String },
+    WrongType {
+        expected: &'static str,
+        got: String,
+    },
+    Decode {
+        type_url: &'static str,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for UnpackError {
@@ -113,7 +119,10 @@ mod tests {
     fn rejects_a_foreign_type() {
         let any = mesh::Mesh::default().to_any();
         let err = mesh::Service::from_any(&any).unwrap_err();
-        assert!(err.to_string().contains("expected type.googleapis.com/weft.mesh.v1.Service"));
+        assert!(
+            err.to_string()
+                .contains("expected type.googleapis.com/weft.mesh.v1.Service")
+        );
     }
 
     #[test]
