@@ -1,0 +1,145 @@
+//! Every failure the proxy answers on its own, and the one place that turns it into a response.
+//!
+//! DESIGN.md forbids silent failures: each generated response carries a `weft-proxy-error`
+//! header with a stable, greppable code, and a body that says why in words. Metrics, retries
+//! (later) and the response all read the same [`ProxyError`], so they cannot disagree.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// Header naming the proxy's own error, like Envoy's response flags but readable.
+pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
+
+/// What went wrong. `code()` is the header value and part of the product's contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed for a proxy (no authority, bad port...).
+    BadRequest,
+    /// No service is known for the requested host (or port).
+    NoRoute,
+    /// A route named a cluster the proxy has no config for.
+    NoCluster,
+    /// The cluster exists but has no endpoints.
+    NoHealthyUpstream,
+    /// The TCP (or mesh) connection to the chosen endpoint failed.
+    UpstreamConnectFailed,
+    /// The upstream accepted the connection but the exchange failed.
+    UpstreamReset,
+    /// Inbound: the destination port is not one the workload serves.
+    PortNotServed,
+    /// Inbound: no workload config has arrived yet.
+    NotReady,
+}
+
+/// Who is to blame, for logs and (later) retry and breaker decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Downstream,
+    Upstream,
+    Policy,
+    Internal,
+}
+
+/// A failure answered by the proxy itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    pub origin: Origin,
+    /// Whether trying another endpoint could succeed (read by the resilience issue).
+    pub retryable: bool,
+    /// The human explanation, sent as the response body.
+    pub detail: String,
+}
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::NoRoute => "no-route",
+            Self::NoCluster => "no-cluster",
+            Self::NoHealthyUpstream => "no-healthy-upstream",
+            Self::UpstreamConnectFailed => "upstream-connect-failed",
+            Self::UpstreamReset => "upstream-reset",
+            Self::PortNotServed => "port-not-served",
+            Self::NotReady => "not-ready",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::NoRoute | Self::PortNotServed => StatusCode::NOT_FOUND,
+            Self::NoCluster
+            | Self::NoHealthyUpstream
+            | Self::UpstreamConnectFailed
+            | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn origin(self) -> Origin {
+        match self {
+            Self::BadRequest => Origin::Downstream,
+            Self::NoRoute | Self::NoCluster | Self::PortNotServed => Origin::Policy,
+            Self::NoHealthyUpstream | Self::UpstreamConnectFailed | Self::UpstreamReset => {
+                Origin::Upstream
+            }
+            Self::NotReady => Origin::Internal,
+        }
+    }
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            origin: kind.origin(),
+            retryable: matches!(kind, ErrorKind::UpstreamConnectFailed),
+            detail: detail.into(),
+        }
+    }
+
+    /// The synthetic response for this error: status, `weft-proxy-error`, and a text body.
+    pub fn to_response(&self) -> Response<Body> {
+        let text = format!("weft: {}\n", self.detail);
+        let mut rsp = Response::new(body::full(Bytes::from(text)));
+        *rsp.status_mut() = self.kind.status();
+        let h = rsp.headers_mut();
+        h.insert(
+            PROXY_ERROR_HEADER,
+            HeaderValue::from_static(self.kind.code()),
+        );
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        rsp
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_say_why() {
+        let e = ProxyError::new(
+            ErrorKind::NoRoute,
+            "no service named reviews:9080 is known to this proxy",
+        );
+        let rsp = e.to_response();
+        assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], "no-route");
+        assert_eq!(e.origin, Origin::Policy);
+        assert!(!e.retryable);
+        assert!(ProxyError::new(ErrorKind::UpstreamConnectFailed, "x").retryable);
+    }
+}

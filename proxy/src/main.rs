@@ -1,0 +1,5 @@
+//! The `weft-proxy` binary: everything lives in the library so `weftctl` can run it too.
+
+fn main() -> std::process::ExitCode {
+    weft_proxy::main_with_args(std::env::args_os())
+}

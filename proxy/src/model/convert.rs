@@ -1,0 +1,374 @@
+//! Wire resources -> model types. This is the one place that decides what the proxy refuses,
+//! so every NACK reason is written here and names the field at fault.
+//!
+//! (This module and `xds/` are the only ones that import `weft_api`: the model is meant to
+//! become its own crate, `weft-proxy-model`, which owns these conversions.)
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::HeaderName;
+use weft_api::mesh as pb;
+
+use super::types::*;
+
+/// Why a resource cannot be applied; its `Display` becomes the NACK's `error_detail`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidResource {
+    /// Path of the offending field inside the resource, e.g. `http[0].matches[1].uri.regex`.
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidResource {
+    InvalidResource {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Prefixes nested field paths so an error reads from the resource root.
+fn within(prefix: &str) -> impl Fn(InvalidResource) -> InvalidResource + '_ {
+    move |e| InvalidResource {
+        field: if e.field.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", e.field)
+        },
+        reason: e.reason,
+    }
+}
+
+fn port_u16(field: &str, n: u32) -> Result<u16, InvalidResource> {
+    u16::try_from(n).map_err(|_| invalid(field, format!("port {n} is out of range")))
+}
+
+// === Mesh, Inbound ===
+
+impl TryFrom<&pb::Mesh> for Mesh {
+    type Error = InvalidResource;
+    fn try_from(m: &pb::Mesh) -> Result<Self, Self::Error> {
+        Ok(Self {
+            trust_domain: m.trust_domain.clone(),
+            dns_domain: m.dns_domain.clone(),
+        })
+    }
+}
+
+impl TryFrom<&pb::Inbound> for Inbound {
+    type Error = InvalidResource;
+    fn try_from(i: &pb::Inbound) -> Result<Self, Self::Error> {
+        let address =
+            if i.address.is_empty() {
+                None
+            } else {
+                Some(i.address.parse::<IpAddr>().map_err(|_| {
+                    invalid("address", format!("{:?} is not an IP address", i.address))
+                })?)
+            };
+        let ports = i
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(n, p)| Port::try_from(p).map_err(within(&format!("ports[{n}]"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: i.name.clone(),
+            namespace: i.namespace.clone(),
+            address,
+            labels: i
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            service_account: i.service_account.clone(),
+            identity: i.identity.clone(),
+            ports,
+        })
+    }
+}
+
+fn protocol(p: i32) -> Protocol {
+    match pb::Protocol::try_from(p) {
+        Ok(pb::Protocol::Http) => Protocol::Http,
+        Ok(pb::Protocol::Http2) => Protocol::Http2,
+        Ok(pb::Protocol::Grpc) => Protocol::Grpc,
+        Ok(pb::Protocol::Tcp) => Protocol::Tcp,
+        Ok(pb::Protocol::Tls) => Protocol::Tls,
+        Ok(pb::Protocol::Https) => Protocol::Https,
+        // Unknown values come from a newer control plane: treat them as "not declared".
+        Ok(pb::Protocol::Unspecified) | Err(_) => Protocol::Unspecified,
+    }
+}
+
+impl TryFrom<&pb::Port> for Port {
+    type Error = InvalidResource;
+    fn try_from(p: &pb::Port) -> Result<Self, Self::Error> {
+        let number = port_u16("number", p.number)?;
+        let target_port = match port_u16("target_port", p.target_port)? {
+            0 => number,
+            t => t,
+        };
+        Ok(Self {
+            number,
+            name: p.name.clone(),
+            protocol: protocol(p.protocol),
+            target_port,
+        })
+    }
+}
+
+// === Service ===
+
+impl TryFrom<&pb::Service> for Service {
+    type Error = InvalidResource;
+    fn try_from(s: &pb::Service) -> Result<Self, Self::Error> {
+        if s.name.is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        let ports = s
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(n, p)| Port::try_from(p).map_err(within(&format!("ports[{n}]"))))
+            .collect::<Result<_, _>>()?;
+        let http = s
+            .http
+            .iter()
+            .enumerate()
+            .map(|(n, r)| HttpRoute::try_from(r).map_err(within(&format!("http[{n}]"))))
+            .collect::<Result<_, _>>()?;
+        let tcp = s
+            .tcp
+            .iter()
+            .enumerate()
+            .map(|(n, r)| TcpRoute::try_from(r).map_err(within(&format!("tcp[{n}]"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            aliases: s.aliases.clone(),
+            ports,
+            http,
+            tcp,
+            origin: s.origin.clone(),
+        })
+    }
+}
+
+fn weighted(clusters: &[pb::WeightedCluster]) -> Result<Vec<WeightedCluster>, InvalidResource> {
+    clusters
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            if c.cluster.is_empty() {
+                Err(invalid(
+                    format!("clusters[{n}].cluster"),
+                    "must not be empty",
+                ))
+            } else {
+                Ok(WeightedCluster {
+                    cluster: c.cluster.clone(),
+                    weight: c.weight,
+                })
+            }
+        })
+        .collect()
+}
+
+impl TryFrom<&pb::HttpRoute> for HttpRoute {
+    type Error = InvalidResource;
+    fn try_from(r: &pb::HttpRoute) -> Result<Self, Self::Error> {
+        let matches = r
+            .matches
+            .iter()
+            .enumerate()
+            .map(|(n, m)| HttpMatch::try_from(m).map_err(within(&format!("matches[{n}]"))))
+            .collect::<Result<_, _>>()?;
+        let timeout = match &r.timeout {
+            None => None,
+            Some(d) => Some(
+                Duration::try_from(*d)
+                    .map_err(|_| invalid("timeout", format!("{d:?} is not a valid duration")))?,
+            ),
+        };
+        Ok(Self {
+            name: r.name.clone(),
+            matches,
+            clusters: weighted(&r.clusters)?,
+            timeout,
+        })
+    }
+}
+
+impl TryFrom<&pb::TcpRoute> for TcpRoute {
+    type Error = InvalidResource;
+    fn try_from(r: &pb::TcpRoute) -> Result<Self, Self::Error> {
+        Ok(Self {
+            port: match port_u16("port", r.port)? {
+                0 => None,
+                p => Some(p),
+            },
+            clusters: weighted(&r.clusters)?,
+        })
+    }
+}
+
+fn string_match(
+    field: &str,
+    m: &Option<pb::StringMatch>,
+) -> Result<Option<StringMatch>, InvalidResource> {
+    use pb::string_match::Kind;
+    let Some(m) = m else { return Ok(None) };
+    Ok(match &m.kind {
+        // An empty StringMatch matches anything, like an absent one.
+        None => None,
+        Some(Kind::Exact(s)) => Some(StringMatch::Exact(s.clone())),
+        Some(Kind::Prefix(s)) => Some(StringMatch::Prefix(s.clone())),
+        Some(Kind::Regex(r)) => Some(StringMatch::Regex(compile_regex(field, r)?)),
+    })
+}
+
+/// Compiles a regex with Istio's whole-value semantics (RE2 `FullMatch`).
+fn compile_regex(field: &str, pattern: &str) -> Result<regex::Regex, InvalidResource> {
+    regex::Regex::new(&format!("{ANCHOR_START}{pattern}{ANCHOR_END}")).map_err(|e| {
+        // The regex crate's message spans lines; keep the NACK reason on one.
+        let msg = e
+            .to_string()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        invalid(
+            format!("{field}.regex"),
+            format!("invalid regex {pattern:?}: {msg}"),
+        )
+    })
+}
+
+fn header_matches(
+    field: &str,
+    map: &std::collections::BTreeMap<String, pb::StringMatch>,
+) -> Result<Vec<HeaderMatch>, InvalidResource> {
+    let mut out: Vec<HeaderMatch> = Vec::with_capacity(map.len());
+    for (name, m) in map {
+        let f = format!("{field}[{name}]");
+        let header = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| invalid(&f, format!("{name:?} is not a valid header name")))?;
+        // An empty match means "header present with any value".
+        let value = string_match(&f, &Some(m.clone()))?
+            .unwrap_or_else(|| StringMatch::Prefix(String::new()));
+        out.push(HeaderMatch {
+            name: header,
+            value,
+        });
+    }
+    // Protobuf maps have no order; sort so dumps and tests are stable.
+    out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+    Ok(out)
+}
+
+impl TryFrom<&pb::HttpMatch> for HttpMatch {
+    type Error = InvalidResource;
+    fn try_from(m: &pb::HttpMatch) -> Result<Self, Self::Error> {
+        let mut query_params = Vec::with_capacity(m.query_params.len());
+        for (name, v) in &m.query_params {
+            let f = format!("query_params[{name}]");
+            let value = string_match(&f, &Some(v.clone()))?
+                .unwrap_or_else(|| StringMatch::Prefix(String::new()));
+            query_params.push(QueryMatch {
+                name: name.clone(),
+                value,
+            });
+        }
+        query_params.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self {
+            name: m.name.clone(),
+            uri: string_match("uri", &m.uri)?,
+            scheme: string_match("scheme", &m.scheme)?,
+            method: string_match("method", &m.method)?,
+            authority: string_match("authority", &m.authority)?,
+            headers: header_matches("headers", &m.headers)?,
+            without_headers: header_matches("without_headers", &m.without_headers)?,
+            query_params,
+            port: match port_u16("port", m.port)? {
+                0 => None,
+                p => Some(p),
+            },
+            ignore_uri_case: m.ignore_uri_case,
+        })
+    }
+}
+
+// === Cluster, Endpoints ===
+
+impl TryFrom<&pb::Cluster> for ClusterSpec {
+    type Error = InvalidResource;
+    fn try_from(c: &pb::Cluster) -> Result<Self, Self::Error> {
+        use pb::load_balancer::Simple;
+        if c.name.is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        let simple = c
+            .load_balancer
+            .as_ref()
+            .map(|lb| Simple::try_from(lb.simple).unwrap_or(Simple::Unspecified))
+            .unwrap_or(Simple::Unspecified);
+        let lb = match simple {
+            Simple::Random => LbPolicy::Random,
+            Simple::Passthrough => LbPolicy::Passthrough,
+            // LEAST_REQUEST is Istio's default; round robin stands in until the load-balancing
+            // issue brings it (see mesh.proto).
+            Simple::Unspecified | Simple::RoundRobin | Simple::LeastRequest => LbPolicy::RoundRobin,
+        };
+        Ok(Self {
+            name: c.name.clone(),
+            service: c.service.clone(),
+            port: port_u16("port", c.port)?,
+            subset: c.subset.clone(),
+            protocol: protocol(c.protocol),
+            lb,
+        })
+    }
+}
+
+/// Converts an `Endpoints` resource into its endpoint list.
+pub fn endpoints_from_proto(e: &pb::Endpoints) -> Result<Vec<Endpoint>, InvalidResource> {
+    e.endpoints
+        .iter()
+        .enumerate()
+        .map(|(n, ep)| Endpoint::try_from(ep).map_err(within(&format!("endpoints[{n}]"))))
+        .collect()
+}
+
+impl TryFrom<&pb::Endpoint> for Endpoint {
+    type Error = InvalidResource;
+    fn try_from(e: &pb::Endpoint) -> Result<Self, Self::Error> {
+        let ip: IpAddr = e
+            .address
+            .parse()
+            .map_err(|_| invalid("address", format!("{:?} is not an IP address", e.address)))?;
+        let port = port_u16("port", e.port)?;
+        if port == 0 {
+            return Err(invalid("port", "must not be 0"));
+        }
+        let mesh_port = match port_u16("mesh_port", e.mesh_port)? {
+            0 => None,
+            p => Some(p),
+        };
+        Ok(Self {
+            addr: SocketAddr::new(ip, port),
+            mesh_port,
+            identity: e.identity.clone(),
+            weight: e.weight.max(1),
+            workload: e.workload.clone(),
+            labels: e
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! The proxy's own view of its configuration: immutable, validated, indexed for the data path.
+//!
+//! The data path never touches protobuf: it reads an `Arc<Snapshot>` built here, so every
+//! `Option` and string-typed field of the wire format is checked once (at apply time, where a
+//! failure becomes a NACK) instead of on every request. A snapshot is rebuilt whole on each
+//! accepted xDS response; nothing in it changes afterwards, except the load balancer's cursor.
+
+mod convert;
+mod types;
+
+pub use convert::{InvalidResource, endpoints_from_proto};
+pub use types::*;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The validated resources the proxy currently holds, one map per type, keyed by resource name.
+///
+/// This is the input of [`Snapshot::build`]; the xDS layer edits a copy of it per response and
+/// only keeps the copy if the snapshot built from it is accepted.
+#[derive(Debug, Clone, Default)]
+pub struct Parts {
+    pub mesh: Option<Arc<Mesh>>,
+    pub inbound: Option<Arc<Inbound>>,
+    pub services: BTreeMap<String, Arc<Service>>,
+    pub clusters: BTreeMap<String, Arc<ClusterSpec>>,
+    pub endpoints: BTreeMap<String, Arc<[Endpoint]>>,
+    /// Per type URL: the version last accepted (SotW `version_info` or delta `system_version_info`).
+    pub versions: BTreeMap<String, String>,
+}
+
+/// Everything the data path needs, frozen. Cheap to share (`Arc`), never mutated.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub mesh: Option<Arc<Mesh>>,
+    pub inbound: Option<Arc<Inbound>>,
+    /// Every service, by canonical name (sorted, for dumps).
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// Lower-cased canonical names and aliases -> service: one hash lookup per request.
+    hosts: HashMap<String, Arc<Service>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub versions: BTreeMap<String, String>,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Joins clusters with their endpoints and indexes services by every name they answer to.
+    ///
+    /// References are not required to resolve: a route to a cluster the control plane has not
+    /// sent (yet) is answered with 503 at request time rather than NACKed, because xDS types
+    /// arrive one at a time and a transient gap must not reject a good update.
+    pub fn build(parts: &Parts) -> Self {
+        let clusters = parts
+            .clusters
+            .iter()
+            .map(|(name, spec)| {
+                let endpoints = parts
+                    .endpoints
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new()));
+                (
+                    name.clone(),
+                    Arc::new(Cluster::new(spec.clone(), endpoints)),
+                )
+            })
+            .collect();
+
+        let mut hosts = HashMap::new();
+        // Canonical names first, so an alias never shadows another service's real name; then
+        // aliases in name order, first one wins, so the result does not depend on hash order.
+        for svc in parts.services.values() {
+            hosts.insert(svc.name.to_ascii_lowercase(), svc.clone());
+        }
+        for svc in parts.services.values() {
+            for alias in &svc.aliases {
+                hosts
+                    .entry(alias.to_ascii_lowercase())
+                    .or_insert_with(|| svc.clone());
+            }
+        }
+
+        Self {
+            mesh: parts.mesh.clone(),
+            inbound: parts.inbound.clone(),
+            services: parts.services.clone(),
+            hosts,
+            clusters,
+            versions: parts.versions.clone(),
+        }
+    }
+
+    /// The service reached by `host` (no port), by canonical name or alias, ignoring case.
+    pub fn service_for_host(&self, host: &str) -> Option<&Arc<Service>> {
+        if let Some(svc) = self.hosts.get(host) {
+            return Some(svc);
+        }
+        // Only allocate when the request did not already use lower case.
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.hosts.get(&host.to_ascii_lowercase());
+        }
+        None
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

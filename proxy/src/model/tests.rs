@@ -1,0 +1,127 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+use weft_api::mesh as pb;
+
+use super::*;
+
+fn regex_match(p: &str) -> pb::StringMatch {
+    pb::StringMatch {
+        kind: Some(pb::string_match::Kind::Regex(p.into())),
+    }
+}
+
+#[test]
+fn nack_reasons_name_the_field() {
+    let bad_regex = pb::Service {
+        name: "reviews".into(),
+        http: vec![pb::HttpRoute {
+            matches: vec![pb::HttpMatch {
+                uri: Some(regex_match("/(unclosed")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = Service::try_from(&bad_regex).unwrap_err();
+    assert_eq!(e.field, "http[0].matches[0].uri.regex");
+    assert!(e.reason.contains("invalid regex \"/(unclosed\""), "{e}");
+
+    let bad_ip = pb::Endpoints {
+        cluster: "c".into(),
+        endpoints: vec![pb::Endpoint {
+            address: "10.0.0.300".into(),
+            port: 9080,
+            ..Default::default()
+        }],
+    };
+    let e = endpoints_from_proto(&bad_ip).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "endpoints[0].address: \"10.0.0.300\" is not an IP address"
+    );
+
+    let bad_port = pb::Cluster {
+        name: "c".into(),
+        port: 70000,
+        ..Default::default()
+    };
+    assert_eq!(
+        ClusterSpec::try_from(&bad_port).unwrap_err().to_string(),
+        "port: port 70000 is out of range"
+    );
+
+    let bad_header = pb::HttpMatch {
+        headers: [("bad header".to_string(), pb::StringMatch::default())].into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        HttpMatch::try_from(&bad_header).unwrap_err().field,
+        "headers[bad header]"
+    );
+}
+
+#[test]
+fn regexes_are_anchored_and_dumped_as_written() {
+    let m = HttpMatch::try_from(&pb::HttpMatch {
+        uri: Some(regex_match("/v[0-9]")),
+        ..Default::default()
+    })
+    .unwrap();
+    let uri = m.uri.as_ref().unwrap();
+    assert!(uri.matches("/v1"));
+    assert!(!uri.matches("/v1/x"));
+    assert_eq!(
+        serde_json::to_string(uri).unwrap(),
+        r#"{"regex":"/v[0-9]"}"#
+    );
+}
+
+#[test]
+fn endpoints_defaults() {
+    let eps = endpoints_from_proto(&pb::Endpoints {
+        cluster: "c".into(),
+        endpoints: vec![pb::Endpoint {
+            address: "127.0.0.3".into(),
+            port: 9080,
+            mesh_port: 15006,
+            weight: 0,
+            workload: "default/reviews-v1".into(),
+            ..Default::default()
+        }],
+    })
+    .unwrap();
+    assert_eq!(eps[0].weight, 1, "weight 0 means 1");
+    assert_eq!(eps[0].mesh_addr().unwrap().to_string(), "127.0.0.3:15006");
+    assert_eq!(eps[0].workload_name(), ("reviews-v1", "default"));
+}
+
+#[test]
+fn snapshot_indexes_names_and_aliases_and_joins_endpoints() {
+    let mut parts = Parts::default();
+    let svc = Service::try_from(&pb::Service {
+        name: "reviews.default.svc.cluster.local".into(),
+        aliases: vec!["reviews".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    parts.services.insert(svc.name.clone(), Arc::new(svc));
+    let c = ClusterSpec::try_from(&pb::Cluster {
+        name: "outbound|9080||reviews".into(),
+        port: 9080,
+        ..Default::default()
+    })
+    .unwrap();
+    parts.clusters.insert(c.name.clone(), Arc::new(c));
+    let snap = Snapshot::build(&parts);
+    assert!(snap.service_for_host("reviews").is_some());
+    assert!(
+        snap.service_for_host("REVIEWS.default.svc.cluster.local")
+            .is_some()
+    );
+    assert!(snap.service_for_host("ratings").is_none());
+    let cluster = snap.cluster("outbound|9080||reviews").unwrap();
+    assert!(
+        cluster.endpoints.is_empty(),
+        "a cluster without Endpoints has none"
+    );
+}

@@ -1,0 +1,305 @@
+//! Plain data types of the snapshot. They mirror the wire resources but hold parsed values
+//! (socket addresses, compiled regexes, header names) so the data path never re-validates.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::{Serialize, Serializer};
+
+/// Mesh-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mesh {
+    pub trust_domain: String,
+    pub dns_domain: String,
+}
+
+/// The workload this proxy serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inbound {
+    pub name: String,
+    pub namespace: String,
+    pub address: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub identity: String,
+    pub ports: Vec<Port>,
+}
+
+impl Inbound {
+    /// Whether the application serves `port` (a target port, as carried by the mesh hop).
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.ports.iter().any(|p| p.target() == port)
+    }
+
+    /// The declared port whose target is `port`, for its protocol.
+    pub fn port(&self, port: u16) -> Option<&Port> {
+        self.ports.iter().find(|p| p.target() == port)
+    }
+}
+
+/// Application protocol of a port or cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Protocol {
+    Unspecified,
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+    Tls,
+    Https,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Port {
+    pub number: u16,
+    pub name: String,
+    pub protocol: Protocol,
+    /// Port on the workload; equal to `number` when the wire said 0.
+    pub target_port: u16,
+}
+
+impl Port {
+    pub fn target(&self) -> u16 {
+        self.target_port
+    }
+}
+
+/// Routing for one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub aliases: Vec<String>,
+    pub ports: Vec<Port>,
+    pub http: Vec<HttpRoute>,
+    pub tcp: Vec<TcpRoute>,
+    pub origin: String,
+}
+
+impl Service {
+    /// Whether the service listens on `port`; a service that declares no ports accepts any.
+    pub fn has_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|p| p.number == port)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpRoute {
+    pub name: String,
+    /// Any one selects the route; empty selects every request.
+    pub matches: Vec<HttpMatch>,
+    pub clusters: Vec<WeightedCluster>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// One Istio `HTTPMatchRequest`: every present condition must hold.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HttpMatch {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authority: Option<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub without_headers: Vec<HeaderMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub ignore_uri_case: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub value: StringMatch,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryMatch {
+    pub name: String,
+    pub value: StringMatch,
+}
+
+/// A string condition. Regexes are compiled once, anchored, with Istio's whole-value semantics.
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => value == s,
+            Self::Prefix(p) => value.starts_with(p.as_str()),
+            Self::Regex(r) => r.is_match(value),
+        }
+    }
+
+    /// Exact and prefix comparisons ignoring ASCII case (Istio's `ignoreUriCase` leaves regexes
+    /// alone).
+    pub fn matches_ignore_case(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => value.eq_ignore_ascii_case(s),
+            Self::Prefix(p) => value
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            Self::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TcpRoute {
+    /// `None` matches any port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub clusters: Vec<WeightedCluster>,
+}
+
+/// Load-balancing algorithm, as far as this release implements them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum LbPolicy {
+    /// ROUND_ROBIN, and for now also UNSPECIFIED and LEAST_REQUEST.
+    RoundRobin,
+    Random,
+    /// PASSTHROUGH: the original destination; balanced as round robin until interception lands.
+    Passthrough,
+}
+
+/// A cluster as the control plane described it, before it is joined with its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub service: String,
+    pub port: u16,
+    pub subset: String,
+    pub protocol: Protocol,
+    pub lb: LbPolicy,
+}
+
+/// A cluster joined with its endpoints, plus the balancer's cursor.
+#[derive(Debug, Serialize)]
+pub struct Cluster {
+    #[serde(flatten)]
+    pub spec: Arc<ClusterSpec>,
+    pub endpoints: Arc<[Endpoint]>,
+    /// Round-robin position. The only mutable thing in a snapshot: it is balancer state, not
+    /// config, and restarting it at 0 when a new snapshot arrives is harmless.
+    #[serde(skip)]
+    cursor: AtomicUsize,
+}
+
+impl Cluster {
+    pub fn new(spec: Arc<ClusterSpec>, endpoints: Arc<[Endpoint]>) -> Self {
+        Self {
+            spec,
+            endpoints,
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// Advances the round-robin cursor and returns its previous value.
+    pub fn next_tick(&self) -> usize {
+        self.cursor.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// One workload behind a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// Where the application listens (`address:port`).
+    pub addr: SocketAddr,
+    /// The peer proxy's inbound port; `None` when the workload has no sidecar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_port: Option<u16>,
+    pub identity: String,
+    /// At least 1.
+    pub weight: u32,
+    /// "<namespace>/<name>" of the workload, empty when unknown.
+    pub workload: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    /// The peer proxy's address, when the workload has one.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh_port.map(|p| SocketAddr::new(self.addr.ip(), p))
+    }
+
+    /// The workload's name and namespace from "<namespace>/<name>".
+    pub fn workload_name(&self) -> (&str, &str) {
+        match self.workload.split_once('/') {
+            Some((ns, name)) => (name, ns),
+            None => (self.workload.as_str(), ""),
+        }
+    }
+}
+
+// === impl Serialize (types holding parsed values) ===
+
+impl Serialize for StringMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            Self::Exact(v) => m.serialize_entry("exact", v)?,
+            Self::Prefix(v) => m.serialize_entry("prefix", v)?,
+            // Show the pattern as configured, without the anchors added at compile time.
+            Self::Regex(r) => m.serialize_entry("regex", unanchor(r.as_str()))?,
+        }
+        m.end()
+    }
+}
+
+impl Serialize for HeaderMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("HeaderMatch", 2)?;
+        st.serialize_field("name", self.name.as_str())?;
+        st.serialize_field("value", &self.value)?;
+        st.end()
+    }
+}
+
+pub(crate) const ANCHOR_START: &str = "^(?:";
+pub(crate) const ANCHOR_END: &str = ")$";
+
+fn unanchor(p: &str) -> &str {
+    p.strip_prefix(ANCHOR_START)
+        .and_then(|p| p.strip_suffix(ANCHOR_END))
+        .unwrap_or(p)
+}
+
+mod opt_duration {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The outbound proxy: what the local app sends, routed to a service's endpoint.
+//!
+//! In local mode the app uses this listener as an explicit HTTP proxy. A request goes:
+//! accept (HTTP/1.1 or h2c) -> authority -> `routing::select_http` (pure) -> endpoint ->
+//! mesh hop (peer proxy, HTTP/2, `weft-*` headers) or plain upstream -> response.
+//! CONNECT goes: authority -> `routing::select_tcp` -> HTTP/2 CONNECT to the peer proxy, or
+//! TCP -> bytes spliced both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HOST, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use crate::body::{self, Body};
+use crate::errors::{ErrorKind, ProxyError};
+use crate::model::Snapshot;
+use crate::routing::{self, RequestView};
+use crate::telemetry::{Metrics, RequestLabels};
+use crate::transport::{
+    APP_PROTOCOL_HEADER, AppProtocol, ConnInfo, Connector, DST_PORT_HEADER, Handler, Tunnel,
+    strip_hop_by_hop,
+};
+
+/// Who this proxy is, for metric labels, until the Inbound resource says so.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Workload {
+    /// Parses a node id "<name>.<namespace>" (namespaces have no dots; names may).
+    pub fn from_node_id(id: &str) -> Self {
+        match id.rsplit_once('.') {
+            Some((name, ns)) => Self {
+                name: name.to_string(),
+                namespace: ns.to_string(),
+            },
+            None => Self {
+                name: id.to_string(),
+                namespace: String::new(),
+            },
+        }
+    }
+}
+
+/// The outbound request handler.
+#[derive(Debug)]
+pub struct Outbound {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub connector: Connector,
+    pub metrics: Arc<Metrics>,
+    pub workload: Workload,
+}
+
+/// Metric facts gathered along the way.
+#[derive(Default)]
+struct Dest {
+    service: String,
+    workload: String,
+    subset: String,
+}
+
+impl Handler for Outbound {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        let mut dest = Dest::default();
+        let rsp = if req.method() == Method::CONNECT {
+            self.connect(req, &mut dest).await
+        } else {
+            self.http(req, &mut dest).await
+        };
+        let rsp = rsp.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, kind = e.kind.code(), "outbound request failed");
+            e.to_response()
+        });
+        self.record(&dest, rsp.status());
+        rsp
+    }
+}
+
+impl Outbound {
+    fn record(&self, dest: &Dest, status: StatusCode) {
+        let snapshot = self.snapshot.borrow().clone();
+        let (src_name, src_ns) = match &snapshot.inbound {
+            Some(i) if !i.name.is_empty() => (i.name.clone(), i.namespace.clone()),
+            _ => (self.workload.name.clone(), self.workload.namespace.clone()),
+        };
+        self.metrics.request(RequestLabels {
+            direction: "outbound",
+            source_workload: src_name,
+            source_namespace: src_ns,
+            destination_service: dest.service.clone(),
+            destination_workload: dest.workload.clone(),
+            destination_subset: dest.subset.clone(),
+            response_code: status.as_u16(),
+        });
+    }
+
+    async fn http(
+        &self,
+        req: Request<Incoming>,
+        dest: &mut Dest,
+    ) -> Result<Response<Body>, ProxyError> {
+        let proto = if req.version() == Version::HTTP_2 {
+            AppProtocol::H2
+        } else {
+            AppProtocol::Http1
+        };
+        let authority = request_authority(&req)?;
+        let (host, port) = routing::parse_authority(&authority, 80)?;
+        let snapshot = self.snapshot.borrow().clone();
+        let view = RequestView {
+            method: req.method(),
+            scheme: req.uri().scheme_str().unwrap_or("http"),
+            authority: &authority,
+            port,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let decision = routing::select_http(&snapshot, host, &view, &mut rand::rng())?;
+        let ep = decision.endpoint();
+        dest.service = decision.service.name.clone();
+        dest.subset = decision.cluster.spec.subset.clone();
+        dest.workload = ep.workload_name().0.to_string();
+
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::try_from(format!("http://{authority}{pq}")).map_err(|e| {
+            ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
+        })?;
+        let mut up = Request::from_parts(parts, body::boxed(body));
+
+        let rsp = match ep.mesh_addr() {
+            Some(peer) => {
+                let h = up.headers_mut();
+                // HTTP/2 carries the authority in :authority; a Host header would duplicate it.
+                h.remove(HOST);
+                h.insert(DST_PORT_HEADER, HeaderValue::from(ep.addr.port()));
+                h.insert(
+                    APP_PROTOCOL_HEADER,
+                    HeaderValue::from_static(proto.as_str()),
+                );
+                self.connector.mesh_request(peer, up).await?
+            }
+            None => self.connector.http_request(ep.addr, proto, up).await?,
+        };
+        Ok(relay_response(rsp))
+    }
+
+    async fn connect(
+        &self,
+        req: Request<Incoming>,
+        dest: &mut Dest,
+    ) -> Result<Response<Body>, ProxyError> {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or_else(|| {
+                ProxyError::new(ErrorKind::BadRequest, "CONNECT needs a host:port target")
+            })?;
+        let (host, port) = routing::parse_authority(&authority, 0)?;
+        if port == 0 {
+            return Err(ProxyError::new(
+                ErrorKind::BadRequest,
+                format!("CONNECT target {authority} names no port"),
+            ));
+        }
+        let snapshot = self.snapshot.borrow().clone();
+        let decision = routing::select_tcp(&snapshot, host, port, &mut rand::rng())?;
+        let ep = decision.endpoint();
+        dest.service = decision
+            .service
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        dest.subset = decision.cluster.spec.subset.clone();
+        dest.workload = ep.workload_name().0.to_string();
+
+        // Connect before answering, so a failure is a readable 503 instead of a dead tunnel.
+        let upstream = match ep.mesh_addr() {
+            Some(peer) => self.connector.mesh_tunnel(peer, ep.addr).await?,
+            None => self.connector.tcp(ep.addr).await?,
+        };
+        tokio::spawn(splice_upgrade(req, upstream, ep.addr));
+        Ok(Response::new(body::empty()))
+    }
+}
+
+/// The target authority: absolute-form URI or :authority first, then the Host header.
+pub(crate) fn request_authority<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_string());
+    }
+    req.headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ProxyError::new(
+                ErrorKind::BadRequest,
+                "the request names no host (no absolute URI, :authority or Host header)",
+            )
+        })
+}
+
+/// An upstream response on its way back: connection-scoped headers removed, body (and
+/// trailers) streamed through untouched.
+pub(crate) fn relay_response(rsp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = rsp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body::boxed(body))
+}
+
+/// Waits for the client side of a CONNECT to be upgraded, then copies bytes both ways.
+pub(crate) async fn splice_upgrade(req: Request<Incoming>, mut upstream: Tunnel, to: SocketAddr) {
+    let upgraded = match hyper::upgrade::on(req).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(%to, error = %e, "CONNECT upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(upgraded);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%to, error = %e, "tunnel ended with an error");
+    }
+}

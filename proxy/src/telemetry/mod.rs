@@ -1,0 +1,99 @@
+//! Prometheus metrics. One [`Metrics`] per proxy, shared by the data path, xDS and admin.
+//!
+//! Label values come from config (service and workload names), not from requests, so the
+//! label cardinality is bounded by the mesh's size rather than by traffic.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of `weft_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// "outbound" or "inbound".
+    pub direction: &'static str,
+    pub source_workload: String,
+    pub source_namespace: String,
+    pub destination_service: String,
+    pub destination_workload: String,
+    pub destination_subset: String,
+    pub response_code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdsLabels {
+    r#type: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    xds_updates: Family<XdsLabels, Counter>,
+    xds_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let xds_updates = Family::<XdsLabels, Counter>::default();
+        let xds_connected = Gauge::default();
+        registry.register(
+            "weft_requests",
+            "Requests handled, by direction, source, destination and response code",
+            requests.clone(),
+        );
+        registry.register(
+            "weft_xds_updates",
+            "xDS responses applied (ack) or rejected (nack), by type",
+            xds_updates.clone(),
+        );
+        registry.register(
+            "weft_xds_connected",
+            "1 while the ADS stream to the control plane is up",
+            xds_connected.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            xds_updates,
+            xds_connected,
+        }
+    }
+
+    pub fn request(&self, labels: RequestLabels) {
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// `short_type` is the resource's short name ("Service"); `acked` false means NACK.
+    pub fn xds_update(&self, short_type: &'static str, acked: bool) {
+        self.xds_updates
+            .get_or_create(&XdsLabels {
+                r#type: short_type,
+                result: if acked { "ack" } else { "nack" },
+            })
+            .inc();
+    }
+
+    pub fn set_xds_connected(&self, up: bool) {
+        self.xds_connected.set(i64::from(up));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,254 @@
+//! The upstream seam: every connection the proxy opens goes through [`Connector`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::h2pool::{H2Pool, PoolError};
+use crate::body::{self, Body};
+use crate::errors::{ErrorKind, ProxyError};
+
+/// What the application spoke, and so what the last hop speaks to the destination app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Http1,
+    H2,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2 => "h2",
+        }
+    }
+
+    /// Parses the `weft-app-protocol` value; unknown values mean HTTP/1.1, the safe default.
+    pub fn from_header(v: Option<&str>) -> Self {
+        match v {
+            Some(v) if v.eq_ignore_ascii_case("h2") => Self::H2,
+            _ => Self::Http1,
+        }
+    }
+}
+
+/// An opaque byte stream to an upstream: a TCP socket, or an HTTP/2 CONNECT stream.
+pub type Tunnel = Box<dyn TunnelIo>;
+
+/// `AsyncRead + AsyncWrite` as one object-safe trait.
+pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> TunnelIo for T {}
+
+/// Pools and dials upstream connections; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Proxy-to-proxy connections (the mesh hop), keyed by the peer's inbound address.
+    mesh: H2Pool,
+    /// h2c to workloads without a sidecar, and to the local app.
+    h2: H2Pool,
+    /// HTTP/1.1 to workloads without a sidecar, and to the local app.
+    h1: Client<HttpConnector, Body>,
+    connect_timeout: Duration,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(5))
+    }
+}
+
+impl Connector {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(http);
+        Self {
+            inner: Arc::new(Inner {
+                mesh: H2Pool::new(connect_timeout),
+                h2: H2Pool::new(connect_timeout),
+                h1,
+                connect_timeout,
+            }),
+        }
+    }
+
+    /// Peers with a live mesh connection (tests use it to check pooling).
+    pub fn mesh_connections(&self) -> usize {
+        self.inner.mesh.live_connections()
+    }
+
+    /// Mesh hop, HTTP: `req` (already carrying the `weft-*` headers) as an HTTP/2 request on
+    /// the pooled connection to the peer proxy at `peer`.
+    pub async fn mesh_request(
+        &self,
+        peer: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        *req.version_mut() = Version::HTTP_2;
+        self.inner
+            .mesh
+            .send(peer, req)
+            .await
+            .map_err(|e| pool_error(e, "peer proxy"))
+    }
+
+    /// Mesh hop, TCP: an HTTP/2 CONNECT stream to the peer proxy at `peer` whose authority is
+    /// the destination `target` (HBONE-style).
+    pub async fn mesh_tunnel(
+        &self,
+        peer: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<Tunnel, ProxyError> {
+        let uri = Uri::try_from(target.to_string()).map_err(|e| {
+            ProxyError::new(
+                ErrorKind::BadRequest,
+                format!("bad tunnel target {target}: {e}"),
+            )
+        })?;
+        let mut req = Request::new(body::empty());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        let mut rsp = self
+            .inner
+            .mesh
+            .send(peer, req)
+            .await
+            .map_err(|e| pool_error(e, "peer proxy"))?;
+        if rsp.status() != StatusCode::OK {
+            let why = rsp
+                .headers()
+                .get(crate::errors::PROXY_ERROR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamConnectFailed,
+                format!(
+                    "peer proxy {peer} refused the tunnel to {target}: {} {why}",
+                    rsp.status()
+                ),
+            ));
+        }
+        let upgraded = hyper::upgrade::on(&mut rsp).await.map_err(|e| {
+            ProxyError::new(
+                ErrorKind::UpstreamReset,
+                format!("tunnel to {target} via {peer} failed: {e}"),
+            )
+        })?;
+        Ok(Box::new(TokioIo::new(upgraded)))
+    }
+
+    /// Plain HTTP to `addr` (a workload without a sidecar, or the local app), in the
+    /// protocol the client spoke. `req`'s URI must be absolute (`http://authority/path`).
+    pub async fn http_request(
+        &self,
+        addr: SocketAddr,
+        proto: AppProtocol,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match proto {
+            AppProtocol::H2 => {
+                *req.version_mut() = Version::HTTP_2;
+                req.headers_mut().remove(http::header::HOST);
+                self.inner
+                    .h2
+                    .send(addr, req)
+                    .await
+                    .map_err(|e| pool_error(e, "upstream"))
+            }
+            AppProtocol::Http1 => {
+                // The legacy client dials the URI's authority, so point the URI at `addr` and
+                // keep the original authority in Host for the application.
+                let authority = req.uri().authority().map(|a| a.as_str().to_string());
+                if let Some(a) = authority
+                    && let Ok(v) = http::HeaderValue::from_str(&a)
+                {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                *req.uri_mut() = Uri::try_from(format!("http://{addr}{pq}")).map_err(|e| {
+                    ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
+                })?;
+                *req.version_mut() = Version::HTTP_11;
+                self.inner.h1.request(req).await.map_err(|e| {
+                    if e.is_connect() {
+                        ProxyError::new(
+                            ErrorKind::UpstreamConnectFailed,
+                            format!("cannot connect to upstream {addr}: {}", error_chain(&e)),
+                        )
+                    } else {
+                        ProxyError::new(
+                            ErrorKind::UpstreamReset,
+                            format!("request to upstream {addr} failed: {}", error_chain(&e)),
+                        )
+                    }
+                })
+            }
+        }
+    }
+
+    /// Plain TCP to `addr`.
+    pub async fn tcp(&self, addr: SocketAddr) -> Result<Tunnel, ProxyError> {
+        let s = tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                ProxyError::new(
+                    ErrorKind::UpstreamConnectFailed,
+                    format!("cannot connect to upstream {addr}: timed out"),
+                )
+            })?
+            .map_err(|e| {
+                ProxyError::new(
+                    ErrorKind::UpstreamConnectFailed,
+                    format!("cannot connect to upstream {addr}: {e}"),
+                )
+            })?;
+        let _ = s.set_nodelay(true);
+        Ok(Box::new(s))
+    }
+}
+
+fn pool_error(e: PoolError, who: &str) -> ProxyError {
+    match e {
+        PoolError::Connect { addr, reason } => ProxyError::new(
+            ErrorKind::UpstreamConnectFailed,
+            format!("cannot connect to {who} {addr}: {reason}"),
+        ),
+        PoolError::Request { addr, source } => ProxyError::new(
+            ErrorKind::UpstreamReset,
+            format!("request to {who} {addr} failed: {}", error_chain(&source)),
+        ),
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
