@@ -1,0 +1,13 @@
+//! The xDS side of the control plane: per-proxy snapshots and Envoy's ADS over gRPC.
+//!
+//! - [`snapshot`]: content-versioned resources of one proxy.
+//! - [`cache`]: one snapshot per connected proxy, regenerated (debounced) when the model changes.
+//! - [`stream`]: the protocol rules, pure.
+//! - [`server`]: the tonic service that moves messages between a stream and the cache.
+//! - [`syncz`]: what each connected proxy has been sent and has acknowledged.
+
+pub mod cache;
+pub mod server;
+pub mod snapshot;
+pub mod stream;
+pub mod syncz;

@@ -1,0 +1,119 @@
+//! The wired control plane with a fake store and generator: startup, readiness, errors.
+
+// Test helpers panic on purpose: a failed step is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_control::app::{self, Args};
+use weft_control::sources::{ConfigDiagnostic, ConfigStore};
+use weft_control::xds::cache::Generator;
+use weft_control::xds::snapshot::Generated;
+
+#[derive(Debug)]
+struct NoStore;
+
+impl ConfigStore for NoStore {
+    fn apply_file(&mut self, _: &Path, _: &str) -> Vec<ConfigDiagnostic> {
+        Vec::new()
+    }
+    fn remove_file(&mut self, _: &Path) {}
+    fn diagnostics(&self) -> Vec<ConfigDiagnostic> {
+        Vec::new()
+    }
+    fn publish(&mut self) {}
+}
+
+struct NoGen;
+
+impl Generator for NoGen {
+    fn generate(&self, _: &str) -> Result<Generated, String> {
+        Ok(Generated::new())
+    }
+}
+
+fn mk_args(dir: &Path, xds: &str) -> Args {
+    Args::try_parse_from([
+        "weft-control",
+        "--config-dir",
+        dir.to_str().unwrap(),
+        "--xds-addr",
+        xds,
+        "--admin-addr",
+        "127.0.0.1:0",
+    ])
+    .unwrap()
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// An empty directory of its own (watching all of /tmp would be slow and racy).
+fn mk_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-control-app-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn starts_ready_and_shuts_down() {
+    let dir = mk_dir("ready");
+    let running = app::start(&mk_args(&dir, "127.0.0.1:0"), NoStore, Arc::new(NoGen))
+        .await
+        .unwrap();
+    let ready = http_get(running.admin_addr, "/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.ends_with("ready"), "{ready}");
+    let metrics = http_get(running.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("weft_control_model_generation 1"),
+        "{metrics}"
+    );
+    running.shutdown.cancel();
+    running.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_taken_port_is_named() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = app::start(&mk_args(&mk_dir("taken"), &addr), NoStore, Arc::new(NoGen))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("cannot listen on {addr} (xDS): address in use")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_config_dir_is_named() {
+    let missing = PathBuf::from("/nonexistent/weft-config-dir");
+    let err = app::start(&mk_args(&missing, "127.0.0.1:0"), NoStore, Arc::new(NoGen))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/weft-config-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn flags_have_the_documented_defaults() {
+    let args = Args::try_parse_from(["weft-control", "--config-dir", "x"]).unwrap();
+    assert_eq!(args.xds_addr.to_string(), "127.0.0.1:15012");
+    assert_eq!(args.admin_addr.to_string(), "127.0.0.1:15014");
+    assert_eq!(args.debounce_ms, 100);
+    assert_eq!(args.trust_domain, "cluster.local");
+    assert_eq!(args.log, "info");
+}
