@@ -72,9 +72,7 @@ pub async fn http(addr: SocketAddr, name: &str) -> App {
                                 .get(http::header::HOST)
                                 .cloned()
                                 .or_else(|| {
-                                    req.uri()
-                                        .authority()
-                                        .and_then(|a| a.as_str().parse().ok())
+                                    req.uri().authority().and_then(|a| a.as_str().parse().ok())
                                 })
                                 .unwrap_or_else(|| http::HeaderValue::from_static("")),
                         )

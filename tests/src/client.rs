@@ -79,7 +79,9 @@ impl H1 {
         };
         tokio::time::timeout(REQUEST_TIMEOUT, fut)
             .await
-            .map_err(|_| anyhow::anyhow!("no answer from {} within {REQUEST_TIMEOUT:?}", self.target))?
+            .map_err(|_| {
+                anyhow::anyhow!("no answer from {} within {REQUEST_TIMEOUT:?}", self.target)
+            })?
     }
 }
 

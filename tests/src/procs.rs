@@ -176,7 +176,9 @@ impl ControlPlane {
     /// `GET /debug/<what>` as JSON.
     pub async fn debug(&self, what: &str) -> serde_json::Value {
         let url = format!("http://{}/debug/{what}", self.admin);
-        let resp = client::get(self.admin, &url, &[]).await.expect("admin answers");
+        let resp = client::get(self.admin, &url, &[])
+            .await
+            .expect("admin answers");
         serde_json::from_slice(&resp.body).expect("debug endpoint returns JSON")
     }
 }
@@ -238,14 +240,18 @@ impl Proxy {
     /// The proxy's `/config_dump`.
     pub async fn config_dump(&self) -> serde_json::Value {
         let url = format!("http://{}/config_dump", self.admin);
-        let resp = client::get(self.admin, &url, &[]).await.expect("admin answers");
+        let resp = client::get(self.admin, &url, &[])
+            .await
+            .expect("admin answers");
         serde_json::from_slice(&resp.body).expect("config_dump is JSON")
     }
 
     /// The proxy's `/metrics` text.
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.admin);
-        let resp = client::get(self.admin, &url, &[]).await.expect("admin answers");
+        let resp = client::get(self.admin, &url, &[])
+            .await
+            .expect("admin answers");
         String::from_utf8_lossy(&resp.body).into_owned()
     }
 }

@@ -58,21 +58,35 @@ impl Bookinfo {
     }
 
     /// Applies a sample as the reviews routing, then waits until `settled` holds for the answers
-    /// to 20 requests (a new config may take a moment to reach the sidecar).
+    /// to 20 requests (a new config may take a moment to reach the sidecar). `settled` must be
+    /// false under the previous sample, or the wait proves nothing.
     async fn apply(&self, sample: &str, settled: impl Fn(&BTreeMap<String, usize>) -> bool) {
+        self.apply_as(sample, None, settled).await;
+    }
+
+    /// Like [`Self::apply`], settling on the answers a given `end-user` gets.
+    async fn apply_as(
+        &self,
+        sample: &str,
+        user: Option<&str>,
+        settled: impl Fn(&BTreeMap<String, usize>) -> bool,
+    ) {
+        let headers: Vec<(&str, &str)> = user.map(|u| ("end-user", u)).into_iter().collect();
         let text = std::fs::read_to_string(conformance_samples().join(sample))
             .unwrap_or_else(|e| panic!("{sample}: {e}"));
         self.dir.write("reviews-routing.yaml", &text);
         eventually(&format!("{sample} to take effect"), || async {
             let mut c = self.h1().await;
-            let counts = served_by(&mut c, 20, REVIEWS, &[]).await;
+            let counts = served_by(&mut c, 20, REVIEWS, &headers).await;
             settled(&counts).then_some(())
         })
         .await;
     }
 
     async fn h1(&self) -> H1 {
-        H1::connect(self.client.outbound).await.expect("client sidecar")
+        H1::connect(self.client.outbound)
+            .await
+            .expect("client sidecar")
     }
 }
 
@@ -101,8 +115,8 @@ async fn bookinfo_request_routing_and_traffic_shifting() {
     assert_eq!(details.text(), "details-v1");
 
     // virtual-service-reviews-test-v2.yaml: jason sees v2, everyone else v1.
-    b.apply("virtual-service-reviews-test-v2.yaml", |c| {
-        only(c, "reviews-v1")
+    b.apply_as("virtual-service-reviews-test-v2.yaml", Some("jason"), |c| {
+        only(c, "reviews-v2")
     })
     .await;
     let jason = served_by(&mut c, 20, REVIEWS, &[("end-user", "jason")]).await;

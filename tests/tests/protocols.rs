@@ -17,7 +17,11 @@ async fn http1_in_both_request_forms() {
     assert_eq!((r.status, r.text().as_str()), (200, "api"));
     assert_eq!(r.header("x-app-saw-version"), Some("HTTP/1.1"));
     assert_eq!(r.header("x-app-saw-path"), Some("/abs"));
-    assert_eq!(r.header("x-app-saw-host"), Some("api:8080"), "the app sees its Host");
+    assert_eq!(
+        r.header("x-app-saw-host"),
+        Some("api:8080"),
+        "the app sees its Host"
+    );
 
     // Origin form with a Host header, as a client that talks to the proxy directly sends it.
     let r = c.get("/origin", &[("host", "api:8080")]).await.unwrap();
@@ -30,10 +34,16 @@ async fn h2c_prior_knowledge_reaches_the_app_as_http2() {
     let mesh = Mesh::start(&[]).await;
     let mut c = H2::connect(mesh.client.outbound).await.unwrap();
     for i in 0..10 {
-        let r = c.get(&format!("http://api:8080/h2/{i}"), &[]).await.unwrap();
+        let r = c
+            .get(&format!("http://api:8080/h2/{i}"), &[])
+            .await
+            .unwrap();
         assert_eq!((r.status, r.text().as_str()), (200, "api"));
         assert_eq!(r.header("x-app-saw-version"), Some("HTTP/2.0"));
-        assert_eq!(r.header("x-app-saw-path"), Some(format!("/h2/{i}").as_str()));
+        assert_eq!(
+            r.header("x-app-saw-path"),
+            Some(format!("/h2/{i}").as_str())
+        );
     }
 }
 

@@ -70,13 +70,21 @@ async fn routes_by_host_and_explains_unknown_hosts() {
 
     // Without a VirtualService, web's requests go to both versions.
     let counts = served_by(&mut c, 40, "http://web:8080/", &[]).await;
-    assert_eq!(counts.keys().collect::<Vec<_>>(), ["web-v1", "web-v2"], "{counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["web-v1", "web-v2"],
+        "{counts:?}"
+    );
 
     // A host nobody knows gets an immediate, explained 404.
     let r = c.get("http://nope:8080/", &[]).await.unwrap();
     assert_eq!(r.status, 404, "{r:?}");
     assert!(r.header("weft-proxy-error").is_some(), "{r:?}");
-    assert!(r.text().contains("nope"), "the body says which host: {}", r.text());
+    assert!(
+        r.text().contains("nope"),
+        "the body says which host: {}",
+        r.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,8 +107,14 @@ async fn an_80_20_split_holds_over_2000_requests() {
     let counts = served_by(&mut c, n, "http://web:8080/", &[]).await;
     let v1 = counts.get("web-v1").copied().unwrap_or(0) as f64 / n as f64;
     let v2 = counts.get("web-v2").copied().unwrap_or(0) as f64 / n as f64;
-    assert!((0.75..=0.85).contains(&v1), "v1 share {v1} is not 80% ± 5%: {counts:?}");
-    assert!((0.15..=0.25).contains(&v2), "v2 share {v2} is not 20% ± 5%: {counts:?}");
+    assert!(
+        (0.75..=0.85).contains(&v1),
+        "v1 share {v1} is not 80% ± 5%: {counts:?}"
+    );
+    assert!(
+        (0.15..=0.25).contains(&v2),
+        "v2 share {v2} is not 20% ± 5%: {counts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +132,10 @@ async fn a_live_edit_takes_effect_within_2s_without_a_failed_request() {
         while !*stop_rx.borrow() {
             let r = traffic_client.get("http://web:8080/", &[]).await;
             let at = tokio::time::Instant::now();
-            seen.push((at, r.map(|r| (r.status, r.header("x-served-by").map(str::to_owned)))));
+            seen.push((
+                at,
+                r.map(|r| (r.status, r.header("x-served-by").map(str::to_owned))),
+            ));
         }
         seen
     });
@@ -126,9 +143,11 @@ async fn a_live_edit_takes_effect_within_2s_without_a_failed_request() {
     let written = tokio::time::Instant::now();
     mesh.dir.write("web-vs.yaml", &all_to("v2"));
     // Wait until the change shows, then keep the traffic going a little longer.
-    mesh.until("the edit to reach the client sidecar", "http://web:8080/", |r| {
-        r.header("x-served-by") == Some("web-v2")
-    })
+    mesh.until(
+        "the edit to reach the client sidecar",
+        "http://web:8080/",
+        |r| r.header("x-served-by") == Some("web-v2"),
+    )
     .await;
     let mut after = mesh.h1().await;
     let tail = served_by(&mut after, 100, "http://web:8080/", &[]).await;
@@ -136,7 +155,11 @@ async fn a_live_edit_takes_effect_within_2s_without_a_failed_request() {
     let _ = stop_tx.send(true);
     let seen = traffic.await.unwrap();
 
-    assert!(seen.len() > 10, "the traffic loop ran: {} requests", seen.len());
+    assert!(
+        seen.len() > 10,
+        "the traffic loop ran: {} requests",
+        seen.len()
+    );
     for (_, r) in &seen {
         let (status, _) = r.as_ref().expect("no request failed during the edit");
         assert_eq!(*status, 200, "no request failed during the edit");
@@ -147,7 +170,10 @@ async fn a_live_edit_takes_effect_within_2s_without_a_failed_request() {
         .map(|(at, _)| *at)
         .expect("the traffic loop saw v2");
     let took = first_v2.duration_since(written);
-    assert!(took.as_secs_f64() <= 2.0, "the edit took {took:?} to take effect");
+    assert!(
+        took.as_secs_f64() <= 2.0,
+        "the edit took {took:?} to take effect"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +198,11 @@ async fn a_bad_document_is_rejected_by_file_and_line_and_the_old_config_keeps_se
     .await;
     let text = diag.to_string();
     assert!(text.contains("wieght"), "names the field: {text}");
-    assert_eq!(diag["line"].as_u64(), Some(line as u64), "names the line: {text}");
+    assert_eq!(
+        diag["line"].as_u64(),
+        Some(line as u64),
+        "names the line: {text}"
+    );
     assert!(
         mesh.cp.logs().contains(&format!("web-vs.yaml:{line}")),
         "the log names file:line:\n{}",
@@ -198,7 +228,11 @@ async fn proxies_keep_serving_without_the_control_plane_and_resync_when_it_retur
     mesh.cp.kill().await;
 
     let counts = served_by(&mut c, 100, "http://web:8080/", &[]).await;
-    assert_eq!(counts.get("web-v1"), Some(&100), "served from the last config: {counts:?}");
+    assert_eq!(
+        counts.get("web-v1"),
+        Some(&100),
+        "served from the last config: {counts:?}"
+    );
     let api = c.get("http://api:8080/", &[]).await.unwrap();
     assert_eq!(api.status, 200);
 
@@ -215,8 +249,16 @@ async fn proxies_keep_serving_without_the_control_plane_and_resync_when_it_retur
         (n == 4).then_some(syncz)
     })
     .await;
-    for node in ["client.default", "web-v1.default", "web-v2.default", "api.default"] {
-        assert!(synced.to_string().contains(node), "{node} resynced: {synced}");
+    for node in [
+        "client.default",
+        "web-v1.default",
+        "web-v2.default",
+        "api.default",
+    ] {
+        assert!(
+            synced.to_string().contains(node),
+            "{node} resynced: {synced}"
+        );
     }
     mesh.client.assert_running();
 }

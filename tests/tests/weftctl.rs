@@ -43,8 +43,14 @@ async fn up_runs_the_mesh_and_stops_everything_on_sigterm() {
     })
     .await;
     let logs = up.logs();
-    assert!(logs.contains(&format!("{}:15012", net.ip(1))), "prints the xDS address:\n{logs}");
-    assert!(logs.contains(&net.ip(10).to_string()), "prints each sidecar:\n{logs}");
+    assert!(
+        logs.contains(&format!("{}:15012", net.ip(1))),
+        "prints the xDS address:\n{logs}"
+    );
+    assert!(
+        logs.contains(&net.ip(10).to_string()),
+        "prints each sidecar:\n{logs}"
+    );
 
     let mut c = H1::connect(net.addr(10, 15001)).await.unwrap();
     let counts = served_by(&mut c, 20, "http://web:8080/", &[]).await;
@@ -54,7 +60,13 @@ async fn up_runs_the_mesh_and_stops_everything_on_sigterm() {
     sigterm(&up);
     assert_eq!(up.wait().await, Some(0), "clean exit:\n{}", up.logs());
     // Every component is gone: its ports are free again.
-    for (host, port) in [(1, 15012), (1, 15014), (10, 15001), (11, 15006), (13, 15020)] {
+    for (host, port) in [
+        (1, 15012),
+        (1, 15014),
+        (10, 15001),
+        (11, 15006),
+        (13, 15020),
+    ] {
         let addr = net.addr(host, port);
         eventually(&format!("{addr} to be released"), || async move {
             TcpListener::bind(addr).ok().map(|_| ())
@@ -74,7 +86,11 @@ async fn up_refuses_a_missing_or_invalid_directory() {
         &["up".to_string(), missing.display().to_string()],
     );
     assert_ne!(p.wait().await, Some(0));
-    assert!(p.logs().contains("nope"), "names the directory: {}", p.logs());
+    assert!(
+        p.logs().contains("nope"),
+        "names the directory: {}",
+        p.logs()
+    );
 
     dir.write("registry.yaml", REGISTRY);
     let bad = "apiVersion: networking.weft.dev/v1\nkind: VirtualService\nmetadata:\n  name: web\nspec:\n  hosts: [web]\n  htp: []\n";
@@ -95,7 +111,11 @@ async fn up_refuses_a_taken_port_and_names_it() {
     let _hold = TcpListener::bind(taken).unwrap();
     let mut p = up(net, &dir);
     assert_ne!(p.wait().await, Some(0));
-    assert!(p.logs().contains(&taken.to_string()), "names {taken}: {}", p.logs());
+    assert!(
+        p.logs().contains(&taken.to_string()),
+        "names {taken}: {}",
+        p.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +123,11 @@ async fn the_demo_runs_and_stops_by_itself() {
     let mut p = Process::spawn(
         "weftctl demo",
         &bin("weftctl"),
-        &["demo".to_string(), "--requests".to_string(), "200".to_string()],
+        &[
+            "demo".to_string(),
+            "--requests".to_string(),
+            "200".to_string(),
+        ],
     );
     assert_eq!(p.wait().await, Some(0), "demo output:\n{}", p.logs());
     let out = p.logs();
@@ -116,6 +140,9 @@ async fn the_demo_runs_and_stops_by_itself() {
         "productpage-v1",
         "everything stopped",
     ] {
-        assert!(out.contains(expected), "demo output lacks {expected:?}:\n{out}");
+        assert!(
+            out.contains(expected),
+            "demo output lacks {expected:?}:\n{out}"
+        );
     }
 }
