@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::inbound::Inbound;
-use crate::model::Snapshot;
+use crate::model::SharedSnapshot;
 use crate::outbound::{Outbound, Workload};
 use crate::telemetry::Metrics;
 use crate::transport::{self, Connector, ServerStats};
@@ -71,7 +71,7 @@ pub struct DataPlane {
 /// What the data plane needs besides its listeners.
 #[derive(Debug, Clone)]
 pub struct DataPlaneParams {
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub snapshot: SharedSnapshot,
     pub metrics: Arc<Metrics>,
     pub workload: Workload,
     pub app_address: IpAddr,
@@ -128,7 +128,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let admin_addr = listeners.admin.local_addr().context("admin address")?;
 
     let metrics = Arc::new(Metrics::new());
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let snapshot = SharedSnapshot::default();
     let (status_tx, status_rx) = watch::channel(XdsStatus {
         server: cfg.xds_addr.clone(),
         ..Default::default()
@@ -139,7 +139,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         listeners.outbound,
         listeners.inbound,
         DataPlaneParams {
-            snapshot: snap_rx.clone(),
+            snapshot: snapshot.clone(),
             metrics: metrics.clone(),
             workload: Workload::from_node_id(&cfg.node_id),
             app_address: cfg.app_address,
@@ -155,7 +155,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         },
         cfg.xds_mode,
         xds::node(&cfg.node_id),
-        Applier::new(snap_tx),
+        Applier::new(snapshot.clone()),
         status_tx,
         metrics.clone(),
     );
@@ -166,7 +166,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         listeners.admin,
         AdminState {
             node_id: cfg.node_id.clone(),
-            snapshot: snap_rx,
+            snapshot,
             xds: status_rx,
             metrics,
         },

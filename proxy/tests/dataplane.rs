@@ -16,7 +16,6 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weft_proxy::app::{DataPlane, DataPlaneParams, spawn_data_plane};
@@ -193,9 +192,7 @@ async fn start_mesh() -> Mesh {
         endpoint(echo_addr, Some(inbound_port)),
     );
     add_service(&mut parts, "direct", 9090, endpoint(app_addr, None));
-    let (_tx, rx) = watch::channel(Arc::new(Snapshot::build(&parts)));
-    // Keep the sender alive for the test's duration.
-    std::mem::forget(_tx);
+    let snapshot = SharedSnapshot::new(Snapshot::build(&parts));
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -203,7 +200,7 @@ async fn start_mesh() -> Mesh {
         outbound,
         inbound,
         DataPlaneParams {
-            snapshot: rx,
+            snapshot,
             metrics: metrics.clone(),
             workload: Workload::from_node_id("productpage.default"),
             app_address: "127.0.0.1".parse().unwrap(),
@@ -411,13 +408,12 @@ async fn connect_failure_is_a_readable_503() {
     drop(dead);
     let mut parts = Parts::default();
     add_service(&mut parts, "gone", 80, endpoint(dead_addr, None));
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::build(&parts)));
     let shutdown = CancellationToken::new();
     let dp = spawn_data_plane(
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         DataPlaneParams {
-            snapshot: rx,
+            snapshot: SharedSnapshot::new(Snapshot::build(&parts)),
             metrics: Arc::new(Metrics::new()),
             workload: Workload::from_node_id("a.default"),
             app_address: "127.0.0.1".parse().unwrap(),
@@ -431,5 +427,4 @@ async fn connect_failure_is_a_readable_503() {
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(rsp.headers()["weft-proxy-error"], "upstream-connect-failed");
     assert!(text(rsp).await.contains(&dead_addr.to_string()));
-    drop(tx);
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Cluster, Inbound, Mesh, Service, Snapshot};
+use crate::model::{Cluster, Inbound, Mesh, Service, SharedSnapshot};
 use crate::telemetry::Metrics;
 use crate::xds::XdsStatus;
 
@@ -21,7 +21,7 @@ use crate::xds::XdsStatus;
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub node_id: String,
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub snapshot: SharedSnapshot,
     pub xds: watch::Receiver<XdsStatus>,
     pub metrics: Arc<Metrics>,
 }
@@ -88,7 +88,7 @@ pub struct ConfigDump<'a> {
 }
 
 async fn config_dump(State(s): State<AdminState>) -> Response {
-    let snapshot = s.snapshot.borrow().clone();
+    let snapshot = s.snapshot.load();
     let xds = s.xds.borrow().clone();
     let dump = ConfigDump {
         node_id: &s.node_id,
@@ -104,3 +104,6 @@ async fn config_dump(State(s): State<AdminState>) -> Response {
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use tokio::sync::watch;
 
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
-use crate::model::{Inbound as InboundConfig, Snapshot};
+use crate::model::{Inbound as InboundConfig, SharedSnapshot, Snapshot};
 use crate::outbound::{relay_response, request_authority, splice_upgrade};
 use crate::telemetry::{Metrics, RequestLabels};
 use crate::transport::{
@@ -25,7 +24,7 @@ use crate::transport::{
 /// The inbound request handler.
 #[derive(Debug)]
 pub struct Inbound {
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub snapshot: SharedSnapshot,
     pub connector: Connector,
     pub metrics: Arc<Metrics>,
     /// Where the application listens.
@@ -34,7 +33,7 @@ pub struct Inbound {
 
 impl Handler for Inbound {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let snapshot = self.snapshot.borrow().clone();
+        let snapshot = self.snapshot.load();
         let rsp = if req.method() == Method::CONNECT {
             self.connect(&snapshot, req).await
         } else {

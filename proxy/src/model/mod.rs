@@ -14,6 +14,8 @@ pub use types::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 /// The validated resources the proxy currently holds, one map per type, keyed by resource name.
 ///
 /// This is the input of [`Snapshot::build`]; the xDS layer edits a copy of it per response and
@@ -27,6 +29,32 @@ pub struct Parts {
     pub endpoints: BTreeMap<String, Arc<[Endpoint]>>,
     /// Per type URL: the version last accepted (SotW `version_info` or delta `system_version_info`).
     pub versions: BTreeMap<String, String>,
+}
+
+/// Where the current snapshot lives, shared by the xDS applier (the one writer) and every
+/// request (the readers).
+///
+/// `ArcSwap` rather than a lock or `watch::Receiver::borrow` (an `RwLock` read): each request
+/// takes the snapshot with a lock-free load, so readers never contend with each other or wait
+/// on a publish. Readers keep the `Arc` they loaded for the whole request, so one request sees
+/// one config even if a new one is published meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct SharedSnapshot(Arc<ArcSwap<Snapshot>>);
+
+impl SharedSnapshot {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    /// The snapshot in force now.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    /// Publishes `snapshot`; requests already running keep the one they loaded.
+    pub fn store(&self, snapshot: Arc<Snapshot>) {
+        self.0.store(snapshot);
+    }
 }
 
 /// Everything the data path needs, frozen. Cheap to share (`Arc`), never mutated.

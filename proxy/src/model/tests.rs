@@ -1,4 +1,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! Proto -> model conversion and snapshot indexing. Rejections must name the field, because
+//! that text becomes the NACK the operator reads.
+
 use weft_api::mesh as pb;
 
 use super::*;

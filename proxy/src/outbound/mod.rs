@@ -12,11 +12,10 @@ use std::sync::Arc;
 use http::header::{HOST, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use tokio::sync::watch;
 
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
-use crate::model::Snapshot;
+use crate::model::{SharedSnapshot, Snapshot};
 use crate::routing::{self, RequestView};
 use crate::telemetry::{Metrics, RequestLabels};
 use crate::transport::{
@@ -50,7 +49,7 @@ impl Workload {
 /// The outbound request handler.
 #[derive(Debug)]
 pub struct Outbound {
-    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub snapshot: SharedSnapshot,
     pub connector: Connector,
     pub metrics: Arc<Metrics>,
     pub workload: Workload,
@@ -66,24 +65,25 @@ struct Dest {
 
 impl Handler for Outbound {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        // One load per request: routing and metrics see the same config.
+        let snapshot = self.snapshot.load();
         let mut dest = Dest::default();
         let rsp = if req.method() == Method::CONNECT {
-            self.connect(req, &mut dest).await
+            self.connect(&snapshot, req, &mut dest).await
         } else {
-            self.http(req, &mut dest).await
+            self.http(&snapshot, req, &mut dest).await
         };
         let rsp = rsp.unwrap_or_else(|e| {
             tracing::debug!(error = %e, kind = e.kind.code(), "outbound request failed");
             e.to_response()
         });
-        self.record(&dest, rsp.status());
+        self.record(&snapshot, &dest, rsp.status());
         rsp
     }
 }
 
 impl Outbound {
-    fn record(&self, dest: &Dest, status: StatusCode) {
-        let snapshot = self.snapshot.borrow().clone();
+    fn record(&self, snapshot: &Snapshot, dest: &Dest, status: StatusCode) {
         let (src_name, src_ns) = match &snapshot.inbound {
             Some(i) if !i.name.is_empty() => (i.name.clone(), i.namespace.clone()),
             _ => (self.workload.name.clone(), self.workload.namespace.clone()),
@@ -101,6 +101,7 @@ impl Outbound {
 
     async fn http(
         &self,
+        snapshot: &Snapshot,
         req: Request<Incoming>,
         dest: &mut Dest,
     ) -> Result<Response<Body>, ProxyError> {
@@ -111,7 +112,6 @@ impl Outbound {
         };
         let authority = request_authority(&req)?;
         let (host, port) = routing::parse_authority(&authority, 80)?;
-        let snapshot = self.snapshot.borrow().clone();
         let view = RequestView {
             method: req.method(),
             scheme: req.uri().scheme_str().unwrap_or("http"),
@@ -121,7 +121,7 @@ impl Outbound {
             query: req.uri().query(),
             headers: req.headers(),
         };
-        let decision = routing::select_http(&snapshot, host, &view, &mut rand::rng())?;
+        let decision = routing::select_http(snapshot, host, &view, &mut rand::rng())?;
         let ep = decision.endpoint();
         dest.service = decision.service.name.clone();
         dest.subset = decision.cluster.spec.subset.clone();
@@ -154,6 +154,7 @@ impl Outbound {
 
     async fn connect(
         &self,
+        snapshot: &Snapshot,
         req: Request<Incoming>,
         dest: &mut Dest,
     ) -> Result<Response<Body>, ProxyError> {
@@ -171,8 +172,7 @@ impl Outbound {
                 format!("CONNECT target {authority} names no port"),
             ));
         }
-        let snapshot = self.snapshot.borrow().clone();
-        let decision = routing::select_tcp(&snapshot, host, port, &mut rand::rng())?;
+        let decision = routing::select_tcp(snapshot, host, port, &mut rand::rng())?;
         let ep = decision.endpoint();
         dest.service = decision
             .service

@@ -1,4 +1,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! Routing rules as data: hand-built snapshots in, decisions (or readable errors) out, with
+//! seeded randomness so weighted choices are checked exactly.
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -58,18 +61,19 @@ fn endpoint(ip: &str, weight: u32) -> Endpoint {
     }
 }
 
+fn mk_spec(name: &str, lb: LbPolicy) -> ClusterSpec {
+    ClusterSpec {
+        name: name.into(),
+        service: "reviews.default.svc.cluster.local".into(),
+        port: 9080,
+        subset: String::new(),
+        protocol: Protocol::Http,
+        lb,
+    }
+}
+
 fn cluster(name: &str, lb: LbPolicy, eps: Vec<Endpoint>) -> Cluster {
-    Cluster::new(
-        Arc::new(ClusterSpec {
-            name: name.into(),
-            service: "reviews.default.svc.cluster.local".into(),
-            port: 9080,
-            subset: String::new(),
-            protocol: Protocol::Http,
-            lb,
-        }),
-        Arc::from(eps),
-    )
+    Cluster::new(Arc::new(mk_spec(name, lb)), Arc::from(eps))
 }
 
 struct Req {
@@ -277,17 +281,9 @@ fn snapshot() -> Snapshot {
         )])),
     );
     let name = "outbound|9080||reviews.default.svc.cluster.local";
-    parts.clusters.insert(
-        name.into(),
-        Arc::new(ClusterSpec {
-            name: name.into(),
-            service: "reviews.default.svc.cluster.local".into(),
-            port: 9080,
-            subset: String::new(),
-            protocol: Protocol::Http,
-            lb: LbPolicy::RoundRobin,
-        }),
-    );
+    parts
+        .clusters
+        .insert(name.into(), Arc::new(mk_spec(name, LbPolicy::RoundRobin)));
     parts
         .endpoints
         .insert(name.into(), Arc::from(vec![endpoint("10.0.0.1", 1)]));

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::h2pool::{H2Pool, PoolError};
+use super::h2pool::{H2Pool, PoolConfig, PoolError};
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
 
@@ -74,13 +74,16 @@ impl Connector {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
+        // An idle pooled HTTP/1.1 connection to a vanished host would otherwise be reused and
+        // wait forever for a response; kernel keepalive probes notice and close it.
+        http.set_keepalive(Some(TCP_KEEPALIVE));
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(http);
         Self {
             inner: Arc::new(Inner {
-                mesh: H2Pool::new(connect_timeout),
-                h2: H2Pool::new(connect_timeout),
+                mesh: H2Pool::new(PoolConfig::new(connect_timeout)),
+                h2: H2Pool::new(PoolConfig::new(connect_timeout)),
                 h1,
                 connect_timeout,
             }),
@@ -224,7 +227,24 @@ impl Connector {
                 )
             })?;
         let _ = s.set_nodelay(true);
+        set_tcp_keepalive(&s);
         Ok(Box::new(s))
+    }
+}
+
+/// Idle time before the kernel probes a connection whose peer may have vanished.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Opaque tunnels carry no protocol of their own to detect a dead peer, so a splice to a host
+/// that disappeared without a FIN would hold its task and socket forever; kernel keepalive
+/// probes bound that to about a minute.
+pub(crate) fn set_tcp_keepalive(s: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot enable TCP keepalive");
     }
 }
 

@@ -1,14 +1,24 @@
 //! One multiplexed HTTP/2 connection per peer address, shared by every request to that peer.
 //!
-//! Connecting is single-flight per peer (a per-peer async lock held while dialing), so a burst
-//! of first requests opens one connection, not one each. A closed connection is replaced on the
-//! next request.
+//! Why it looks like this:
+//! - The steady state (a live connection exists) takes no lock: the peer map and each peer's
+//!   current sender live behind `ArcSwap`, so concurrent requests to one peer never queue
+//!   behind each other just to clone a `SendRequest`.
+//! - Dialing is single-flight per peer (a per-peer async lock taken only on the slow path), so
+//!   a burst of first requests opens one connection, not one each.
+//! - A dead peer must not hang requests: the whole dial (TCP and HTTP/2 handshake) is bounded,
+//!   and HTTP/2 PINGs run even while the connection is idle, so a peer that vanished without a
+//!   FIN/RST (a node lost, a blackholed route) is noticed and the connection is closed; the
+//!   next request then dials a fresh one.
+//! - Peers come and go with config: entries whose connection has closed are dropped whenever a
+//!   new connection is dialed, so the map is bounded by the live connections.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -16,8 +26,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
 
 /// Why the pool could not get a request through.
 #[derive(Debug, thiserror::Error)]
@@ -32,17 +40,51 @@ pub enum PoolError {
     },
 }
 
-#[derive(Debug, Default)]
-pub struct H2Pool {
-    peers: Mutex<HashMap<SocketAddr, Slot>>,
-    connect_timeout: Duration,
+/// How the pool dials and watches its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// Bound on TCP connect plus the HTTP/2 handshake.
+    pub connect_timeout: Duration,
+    /// How often an HTTP/2 PING checks the connection, idle or not.
+    pub keep_alive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is declared dead.
+    pub keep_alive_timeout: Duration,
 }
 
-impl H2Pool {
+impl PoolConfig {
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
-            peers: Mutex::default(),
             connect_timeout,
+            keep_alive_interval: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A pooled connection; `Arc` identity tells one dial's connection from the next.
+type Conn = Arc<SendRequest<Body>>;
+
+/// One peer: the connection in use, and the lock that makes dialing single-flight.
+#[derive(Debug, Default)]
+struct Slot {
+    current: ArcSwapOption<SendRequest<Body>>,
+    dialing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+pub struct H2Pool {
+    /// Copy-on-write: written only when a peer is added or pruned (on a dial), read lock-free.
+    peers: ArcSwap<HashMap<SocketAddr, Arc<Slot>>>,
+    config: PoolConfig,
+}
+
+// === impl H2Pool ===
+
+impl H2Pool {
+    pub fn new(config: PoolConfig) -> Self {
+        Self {
+            peers: ArcSwap::from_pointee(HashMap::new()),
+            config,
         }
     }
 
@@ -52,11 +94,13 @@ impl H2Pool {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, PoolError> {
-        let mut sender = self.sender(addr, false).await?;
+        let conn = self.checkout(addr, None).await?;
+        let mut sender = SendRequest::clone(&conn);
         if sender.ready().await.is_err() {
             // The connection died between checkout and use (GOAWAY, reset): nothing of this
             // request was sent yet, so dialing again is safe.
-            sender = self.sender(addr, true).await?;
+            let conn = self.checkout(addr, Some(&conn)).await?;
+            sender = SendRequest::clone(&conn);
             sender
                 .ready()
                 .await
@@ -70,44 +114,94 @@ impl H2Pool {
 
     /// Number of peers with a live connection, for tests and debugging.
     pub fn live_connections(&self) -> usize {
-        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        peers
+        self.peers
+            .load()
             .values()
-            .filter(|s| {
-                s.try_lock()
-                    .map(|g| g.as_ref().is_some_and(|s| !s.is_closed()))
-                    .unwrap_or(true)
-            })
+            .filter(|s| s.current.load().as_ref().is_some_and(|s| !s.is_closed()))
             .count()
     }
 
-    async fn sender(&self, addr: SocketAddr, fresh: bool) -> Result<SendRequest<Body>, PoolError> {
-        let slot = {
-            let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-            peers.entry(addr).or_default().clone()
+    /// Number of peers the pool keeps an entry for (live or not), for tests.
+    pub fn tracked_peers(&self) -> usize {
+        self.peers.load().len()
+    }
+
+    /// A usable connection to `addr`. `broken` is one the caller found dead: it is replaced
+    /// even if it does not report itself closed yet.
+    async fn checkout(&self, addr: SocketAddr, broken: Option<&Conn>) -> Result<Conn, PoolError> {
+        let slot = self.slot(addr);
+        let usable = || {
+            slot.current
+                .load_full()
+                .filter(|c| !c.is_closed() && broken.is_none_or(|b| !Arc::ptr_eq(b, c)))
         };
-        let mut guard = slot.lock().await;
-        if let Some(s) = guard.as_ref()
-            && !fresh
-            && !s.is_closed()
-        {
-            return Ok(s.clone());
+        if let Some(c) = usable() {
+            return Ok(c);
         }
-        let s = self.dial(addr).await?;
-        *guard = Some(s.clone());
-        Ok(s)
+        let _dialing = slot.dialing.lock().await;
+        // Another request may have dialed while this one waited for the lock.
+        if let Some(c) = usable() {
+            return Ok(c);
+        }
+        let c = Arc::new(self.dial(addr).await?);
+        slot.current.store(Some(c.clone()));
+        self.prune();
+        Ok(c)
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
+        if let Some(s) = self.peers.load().get(&addr) {
+            return s.clone();
+        }
+        let mut out = None;
+        self.peers.rcu(|peers| {
+            let mut peers = HashMap::clone(peers);
+            out = Some(peers.entry(addr).or_default().clone());
+            peers
+        });
+        out.unwrap_or_default()
+    }
+
+    /// Drops the entries of peers whose connection has closed and that nobody is dialing. A
+    /// request racing with this may dial into a dropped entry: its connection then serves that
+    /// request only, which costs one extra dial and is never wrong.
+    fn prune(&self) {
+        let dead = |s: &Arc<Slot>| {
+            s.dialing.try_lock().is_ok() && s.current.load().as_ref().is_none_or(|c| c.is_closed())
+        };
+        if !self.peers.load().values().any(dead) {
+            return;
+        }
+        self.peers.rcu(|peers| {
+            peers
+                .iter()
+                .filter(|(_, s)| !dead(s))
+                .map(|(a, s)| (*a, s.clone()))
+                .collect::<HashMap<_, _>>()
+        });
     }
 
     async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<Body>, PoolError> {
-        let err = |reason: String| PoolError::Connect { addr, reason };
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let timeout = self.config.connect_timeout;
+        tokio::time::timeout(timeout, self.dial_unbounded(addr))
             .await
-            .map_err(|_| err(format!("timed out after {:?}", self.connect_timeout)))?
+            .map_err(|_| PoolError::Connect {
+                addr,
+                reason: format!("timed out after {timeout:?}"),
+            })?
+    }
+
+    async fn dial_unbounded(&self, addr: SocketAddr) -> Result<SendRequest<Body>, PoolError> {
+        let err = |reason: String| PoolError::Connect { addr, reason };
+        let tcp = TcpStream::connect(addr)
+            .await
             .map_err(|e| err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_interval(self.config.keep_alive_interval)
+            .keep_alive_timeout(self.config.keep_alive_timeout)
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| err(format!("HTTP/2 handshake failed: {e}")))?;

@@ -12,7 +12,10 @@ mod listen;
 mod server;
 
 pub use connect::{AppProtocol, Connector, Tunnel, TunnelIo};
-pub use h2pool::H2Pool;
+pub use h2pool::{H2Pool, PoolConfig, PoolError};
 pub use headers::{APP_PROTOCOL_HEADER, DST_PORT_HEADER, strip_hop_by_hop};
 pub use listen::{BindError, bind};
-pub use server::{ConnInfo, Handler, ServerStats, serve};
+pub use server::{ConnInfo, Handler, ServerStats, ServerTimeouts, serve, serve_with};
+
+#[cfg(test)]
+mod tests;

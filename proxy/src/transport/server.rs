@@ -1,15 +1,22 @@
 //! Serving HTTP/1.1 and HTTP/2 (prior knowledge) on one port, with CONNECT upgrades, until
 //! shutdown; connections then get a graceful close.
+//!
+//! Every wait on the client is bounded, because both listeners face other processes and a
+//! connection that never sends (or whose peer vanished) would otherwise hold a task and a
+//! socket forever: protocol detection and HTTP/1.1 request heads (including the idle time
+//! between keep-alive requests) get [`ServerTimeouts::header_read`], and HTTP/2 connections
+//! are PINGed so a dead peer is noticed.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +54,25 @@ impl ServerStats {
     }
 }
 
+/// How long the server waits on a client.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTimeouts {
+    /// From accept (or the end of the previous HTTP/1.1 exchange) to a complete request head;
+    /// also bounds protocol detection.
+    pub header_read: Duration,
+    /// HTTP/2 PING interval; a PING unanswered for as long again closes the connection.
+    pub h2_keep_alive: Duration,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(30),
+            h2_keep_alive: Duration::from_secs(20),
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`; each connection is tracked by `tracker` so the
 /// caller can wait for in-flight requests to drain.
 pub async fn serve<H: Handler>(
@@ -55,6 +81,26 @@ pub async fn serve<H: Handler>(
     stats: Arc<ServerStats>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+) {
+    serve_with(
+        listener,
+        handler,
+        stats,
+        shutdown,
+        tracker,
+        ServerTimeouts::default(),
+    )
+    .await;
+}
+
+/// [`serve`] with explicit timeouts (tests shorten them).
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    timeouts: ServerTimeouts,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -70,7 +116,13 @@ pub async fn serve<H: Handler>(
             () = shutdown.cancelled() => return,
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        tracker.spawn(serve_conn(stream, peer, handler.clone(), shutdown.clone()));
+        tracker.spawn(serve_conn(
+            stream,
+            peer,
+            handler.clone(),
+            shutdown.clone(),
+            timeouts,
+        ));
     }
 }
 
@@ -79,7 +131,17 @@ async fn serve_conn<H: Handler>(
     peer: SocketAddr,
     handler: Arc<H>,
     shutdown: CancellationToken,
+    timeouts: ServerTimeouts,
 ) {
+    // hyper-util's protocol sniffing waits for bytes without limit; bound it here.
+    match tokio::time::timeout(timeouts.header_read, preface_decidable(&stream)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "client sent no request in time; closing");
+            return;
+        }
+    }
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let orig_dst = original_dst(&stream).filter(|d| *d != local);
@@ -92,7 +154,16 @@ async fn serve_conn<H: Handler>(
         let h = handler.clone();
         async move { Ok::<_, Infallible>(h.handle(req, info).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(timeouts.h2_keep_alive)
+        .keep_alive_timeout(timeouts.h2_keep_alive);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -105,6 +176,25 @@ async fn serve_conn<H: Handler>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// Waits until the first bytes tell HTTP/1 from HTTP/2 prior knowledge (a full preface, or a
+/// byte that differs from it), so hyper's own detection then returns at once. `false`: the
+/// client closed first.
+async fn preface_decidable(stream: &TcpStream) -> std::io::Result<bool> {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if n == buf.len() || buf[..n] != H2_PREFACE[..n] {
+            return Ok(true);
+        }
+        // A partial preface: peeking again would return at once with the same bytes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

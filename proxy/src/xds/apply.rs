@@ -8,12 +8,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prost_types::Any;
-use tokio::sync::watch;
-use weft_api::discovery::{DeltaDiscoveryResponse, DiscoveryResponse};
+use weft_api::discovery::{DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource};
 use weft_api::mesh as pb;
 use weft_api::type_url::{self, Resource, UnpackError};
 
-use crate::model::{self, InvalidResource, Parts, Snapshot};
+use crate::model::{self, InvalidResource, Parts, SharedSnapshot, Snapshot};
 
 /// Why a response was rejected; its `Display` is the NACK's `error_detail.message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +25,8 @@ pub enum ApplyError {
         name: String,
         source: InvalidResource,
     },
+    #[error("{0} resource has no name (neither its own nor the envelope's)")]
+    Unnamed(&'static str),
     #[error("resource {0} has no body")]
     MissingBody(String),
     #[error("type {0} is not one this proxy subscribes to")]
@@ -38,16 +39,16 @@ pub enum ApplyError {
 #[derive(Debug)]
 pub struct Applier {
     parts: Parts,
-    tx: watch::Sender<Arc<Snapshot>>,
+    published: SharedSnapshot,
     /// Types that have had at least one accepted response.
     answered: BTreeSet<&'static str>,
 }
 
 impl Applier {
-    pub fn new(tx: watch::Sender<Arc<Snapshot>>) -> Self {
+    pub fn new(published: SharedSnapshot) -> Self {
         Self {
             parts: Parts::default(),
-            tx,
+            published,
             answered: BTreeSet::new(),
         }
     }
@@ -84,20 +85,11 @@ impl Applier {
     pub fn apply_delta(&mut self, rsp: &DeltaDiscoveryResponse) -> Result<(), ApplyError> {
         let t = known_type(&rsp.type_url)?;
         let mut next = self.parts.clone();
-        let removed = rsp
-            .removed_resources
-            .iter()
-            .chain(rsp.removed_resource_names.iter().map(|r| &r.name));
-        for name in removed {
+        for name in removed_names(rsp) {
             remove(&mut next, t, name);
         }
         for r in &rsp.resources {
-            let name = r
-                .resource_name
-                .as_ref()
-                .map(|n| n.name.as_str())
-                .filter(|n| !n.is_empty())
-                .unwrap_or(&r.name);
+            let name = resource_name(r);
             let any = r
                 .resource
                 .as_ref()
@@ -113,8 +105,26 @@ impl Applier {
     fn commit(&mut self, t: &'static str, next: Parts) {
         self.parts = next;
         self.answered.insert(t);
-        self.tx.send_replace(Arc::new(Snapshot::build(&self.parts)));
+        self.published.store(Arc::new(Snapshot::build(&self.parts)));
     }
+}
+
+/// A delta resource's name: the newer `resource_name` field when set, else the legacy `name`.
+/// Applying and ACKing must agree on it, or the versions held would name other resources.
+pub(super) fn resource_name(r: &DeltaResource) -> &str {
+    r.resource_name
+        .as_ref()
+        .map(|n| n.name.as_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&r.name)
+}
+
+/// Every name a delta response removes, from the legacy and the newer field alike.
+pub(super) fn removed_names(rsp: &DeltaDiscoveryResponse) -> impl Iterator<Item = &str> {
+    rsp.removed_resources
+        .iter()
+        .map(String::as_str)
+        .chain(rsp.removed_resource_names.iter().map(|r| r.name.as_str()))
 }
 
 fn known_type(t: &str) -> Result<&'static str, ApplyError> {
@@ -201,7 +211,11 @@ fn insert(
             let e = pb::Endpoints::from_any(any).map_err(decode_err)?;
             // Endpoints share their cluster's name; the field may be left empty in delta.
             let name = if e.cluster.is_empty() {
-                envelope.unwrap_or_default().to_string()
+                // Stored under "" it would never join a cluster and would stay in the dump.
+                match envelope.filter(|n| !n.is_empty()) {
+                    Some(n) => n.to_string(),
+                    None => return Err(ApplyError::Unnamed(type_url::short_name(t))),
+                }
             } else {
                 check_name(envelope, &e.cluster)?;
                 e.cluster.clone()

@@ -23,7 +23,7 @@ use weft_api::discovery::{
 };
 use weft_api::type_url;
 
-use super::apply::Applier;
+use super::apply::{Applier, ApplyError, removed_names, resource_name};
 use super::state::{DeltaState, SotwState};
 use crate::telemetry::Metrics;
 
@@ -165,17 +165,140 @@ struct StreamEnd {
     error: String,
 }
 
+impl StreamEnd {
+    fn new(received: bool, error: impl Into<String>) -> Self {
+        Self {
+            received,
+            error: error.into(),
+        }
+    }
+}
+
+/// What differs between state of the world and delta. Everything else (open, subscribe,
+/// judge, answer, report) is one loop, [`Shared::stream`], so the two variants cannot drift
+/// apart in how they ACK, NACK or end.
+trait Variant {
+    type Request: Send + 'static;
+    type Response;
+
+    fn open<T: Transport>(
+        transport: &T,
+        requests: ReceiverStream<Self::Request>,
+    ) -> BoxFuture<'_, Result<ResponseStream<Self::Response>, TransportError>>;
+
+    /// The first requests of a stream: one subscription per type, with what is held.
+    fn subscriptions(&self) -> Vec<Self::Request>;
+
+    fn type_url(rsp: &Self::Response) -> &str;
+
+    /// Applies `rsp` and builds its answer: an ACK if it applied, else a NACK.
+    fn answer(
+        &mut self,
+        applier: &mut Applier,
+        rsp: &Self::Response,
+    ) -> (Result<(), ApplyError>, Self::Request);
+}
+
+impl Variant for SotwState {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn open<T: Transport>(
+        transport: &T,
+        requests: ReceiverStream<DiscoveryRequest>,
+    ) -> BoxFuture<'_, Result<ResponseStream<DiscoveryResponse>, TransportError>> {
+        transport.sotw(requests)
+    }
+
+    fn subscriptions(&self) -> Vec<DiscoveryRequest> {
+        self.on_connect()
+    }
+
+    fn type_url(rsp: &DiscoveryResponse) -> &str {
+        &rsp.type_url
+    }
+
+    fn answer(
+        &mut self,
+        applier: &mut Applier,
+        rsp: &DiscoveryResponse,
+    ) -> (Result<(), ApplyError>, DiscoveryRequest) {
+        match applier.apply_sotw(rsp) {
+            Ok(()) => {
+                debug!(type_url = %rsp.type_url, version = %rsp.version_info, "ACK");
+                let ack = self.ack(&rsp.type_url, &rsp.version_info, &rsp.nonce);
+                (Ok(()), ack)
+            }
+            Err(e) => {
+                let nack = self.nack(&rsp.type_url, &rsp.nonce, &e.to_string());
+                (Err(e), nack)
+            }
+        }
+    }
+}
+
+impl Variant for DeltaState {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn open<T: Transport>(
+        transport: &T,
+        requests: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> BoxFuture<'_, Result<ResponseStream<DeltaDiscoveryResponse>, TransportError>> {
+        transport.delta(requests)
+    }
+
+    fn subscriptions(&self) -> Vec<DeltaDiscoveryRequest> {
+        self.on_connect()
+    }
+
+    fn type_url(rsp: &DeltaDiscoveryResponse) -> &str {
+        &rsp.type_url
+    }
+
+    fn answer(
+        &mut self,
+        applier: &mut Applier,
+        rsp: &DeltaDiscoveryResponse,
+    ) -> (Result<(), ApplyError>, DeltaDiscoveryRequest) {
+        match applier.apply_delta(rsp) {
+            Ok(()) => {
+                debug!(type_url = %rsp.type_url, version = %rsp.system_version_info, "ACK");
+                let updated = rsp
+                    .resources
+                    .iter()
+                    .map(|r| (resource_name(r), r.version.as_str()));
+                let ack = self.ack(&rsp.type_url, &rsp.nonce, updated, removed_names(rsp));
+                (Ok(()), ack)
+            }
+            Err(e) => {
+                let nack = self.nack(&rsp.type_url, &rsp.nonce, &e.to_string());
+                (Err(e), nack)
+            }
+        }
+    }
+}
+
 /// The ADS client: one task, one stream at a time.
 #[derive(Debug)]
 pub struct XdsClient<T> {
     transport: T,
-    mode: Mode,
-    applier: Applier,
+    shared: Shared,
     sotw: SotwState,
     delta: DeltaState,
+    backoff: Backoff,
+}
+
+/// What both variants' streams use: where responses go and where outcomes are reported.
+#[derive(Debug)]
+struct Shared {
+    mode: Mode,
+    applier: Applier,
     status: watch::Sender<XdsStatus>,
     metrics: Arc<Metrics>,
-    backoff: Backoff,
+    /// Bound on opening a stream (gRPC connect plus the server's response headers): a control
+    /// plane that accepts the connection but never answers must not stall the client forever.
+    open_timeout: Duration,
 }
 
 impl<T: Transport> XdsClient<T> {
@@ -193,18 +316,26 @@ impl<T: Transport> XdsClient<T> {
         });
         Self {
             transport,
-            mode,
-            applier,
+            shared: Shared {
+                mode,
+                applier,
+                status,
+                metrics,
+                open_timeout: Duration::from_secs(15),
+            },
             sotw: SotwState::new(node.clone(), &type_url::ALL),
             delta: DeltaState::new(node, &type_url::ALL),
-            status,
-            metrics,
             backoff: Backoff::default(),
         }
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    pub fn with_open_timeout(mut self, open_timeout: Duration) -> Self {
+        self.shared.open_timeout = open_timeout;
         self
     }
 
@@ -216,8 +347,8 @@ impl<T: Transport> XdsClient<T> {
                 end = self.run_stream() => end,
                 () = shutdown.cancelled() => return,
             };
-            self.metrics.set_xds_connected(false);
-            self.status.send_modify(|s| {
+            self.shared.metrics.set_xds_connected(false);
+            self.shared.status.send_modify(|s| {
                 s.connected = false;
                 s.last_error = Some(end.error.clone());
             });
@@ -235,22 +366,68 @@ impl<T: Transport> XdsClient<T> {
     }
 
     async fn run_stream(&mut self) -> StreamEnd {
-        match self.mode {
-            Mode::Delta => self.run_delta().await,
-            Mode::Sotw => self.run_sotw().await,
+        match self.shared.mode {
+            Mode::Delta => self.shared.stream(&self.transport, &mut self.delta).await,
+            Mode::Sotw => self.shared.stream(&self.transport, &mut self.sotw).await,
         }
     }
+}
 
-    fn on_connected(&self) {
+// === impl Shared ===
+
+impl Shared {
+    /// One ADS stream: subscribe, then answer each response until the stream fails.
+    async fn stream<T: Transport, V: Variant>(
+        &mut self,
+        transport: &T,
+        state: &mut V,
+    ) -> StreamEnd {
+        let subscriptions = state.subscriptions();
+        // Room for every type's first request, so they can be queued before the stream opens.
+        let (tx, rx) = mpsc::channel(subscriptions.len().max(16));
+        for req in subscriptions {
+            let _ = tx.try_send(req);
+        }
+        let opened = tokio::time::timeout(
+            self.open_timeout,
+            V::open(transport, ReceiverStream::new(rx)),
+        );
+        let mut responses = match opened.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return StreamEnd::new(false, e.0),
+            Err(_) => {
+                let why = format!("xDS stream not opened within {:?}", self.open_timeout);
+                return StreamEnd::new(false, why);
+            }
+        };
         info!(mode = ?self.mode, "xDS stream open");
         self.metrics.set_xds_connected(true);
         self.status.send_modify(|s| s.connected = true);
+
+        let mut received = false;
+        while let Some(rsp) = responses.next().await {
+            let rsp = match rsp {
+                Ok(r) => r,
+                Err(e) => return StreamEnd::new(received, e.0),
+            };
+            received = true;
+            let was_complete = self.applier.complete();
+            let (result, answer) = state.answer(&mut self.applier, &rsp);
+            self.report(V::type_url(&rsp), result, was_complete);
+            if tx.send(answer).await.is_err() {
+                return StreamEnd::new(received, "request stream closed");
+            }
+        }
+        StreamEnd::new(received, "control plane closed the stream")
     }
 
-    /// Bookkeeping shared by both variants once a response has been judged.
-    fn on_judged(&self, type_url: &str, result: Result<(), String>, was_complete: bool) {
+    /// Metrics, logs and `/ready` state once a response has been judged.
+    fn report(&self, type_url: &str, result: Result<(), ApplyError>, was_complete: bool) {
         let short = type_url::short_name(type_url_static(type_url));
         self.metrics.xds_update(short, result.is_ok());
+        if let Err(e) = &result {
+            warn!(%type_url, error = %e, "NACK: keeping the previous config");
+        }
         let complete = self.applier.complete();
         if complete && !was_complete {
             info!("first complete config applied; proxy is ready");
@@ -263,128 +440,6 @@ impl<T: Transport> XdsClient<T> {
                 s.last_nack = Some(format!("{short}: {e}"));
             }
         });
-    }
-
-    async fn run_delta(&mut self) -> StreamEnd {
-        let (tx, rx) = mpsc::channel(16);
-        for req in self.delta.on_connect() {
-            // The channel has room for every type's first request.
-            let _ = tx.try_send(req);
-        }
-        let mut responses = match self.transport.delta(ReceiverStream::new(rx)).await {
-            Ok(s) => s,
-            Err(e) => {
-                return StreamEnd {
-                    received: false,
-                    error: e.0,
-                };
-            }
-        };
-        self.on_connected();
-        let mut received = false;
-        while let Some(rsp) = responses.next().await {
-            let rsp = match rsp {
-                Ok(r) => r,
-                Err(e) => {
-                    return StreamEnd {
-                        received,
-                        error: e.0,
-                    };
-                }
-            };
-            received = true;
-            let was_complete = self.applier.complete();
-            let req = match self.applier.apply_delta(&rsp) {
-                Ok(()) => {
-                    debug!(type_url = %rsp.type_url, version = %rsp.system_version_info, "ACK");
-                    let updated = rsp.resources.iter().map(|r| {
-                        let name = r
-                            .resource_name
-                            .as_ref()
-                            .map(|n| n.name.as_str())
-                            .filter(|n| !n.is_empty())
-                            .unwrap_or(&r.name);
-                        (name, r.version.as_str())
-                    });
-                    let removed = rsp
-                        .removed_resources
-                        .iter()
-                        .map(String::as_str)
-                        .chain(rsp.removed_resource_names.iter().map(|r| r.name.as_str()));
-                    let req = self.delta.ack(&rsp.type_url, &rsp.nonce, updated, removed);
-                    self.on_judged(&rsp.type_url, Ok(()), was_complete);
-                    req
-                }
-                Err(e) => {
-                    warn!(type_url = %rsp.type_url, error = %e, "NACK: keeping the previous config");
-                    self.on_judged(&rsp.type_url, Err(e.to_string()), was_complete);
-                    self.delta.nack(&rsp.type_url, &rsp.nonce, &e.to_string())
-                }
-            };
-            if tx.send(req).await.is_err() {
-                return StreamEnd {
-                    received,
-                    error: "request stream closed".into(),
-                };
-            }
-        }
-        StreamEnd {
-            received,
-            error: "control plane closed the stream".into(),
-        }
-    }
-
-    async fn run_sotw(&mut self) -> StreamEnd {
-        let (tx, rx) = mpsc::channel(16);
-        for req in self.sotw.on_connect() {
-            let _ = tx.try_send(req);
-        }
-        let mut responses = match self.transport.sotw(ReceiverStream::new(rx)).await {
-            Ok(s) => s,
-            Err(e) => {
-                return StreamEnd {
-                    received: false,
-                    error: e.0,
-                };
-            }
-        };
-        self.on_connected();
-        let mut received = false;
-        while let Some(rsp) = responses.next().await {
-            let rsp = match rsp {
-                Ok(r) => r,
-                Err(e) => {
-                    return StreamEnd {
-                        received,
-                        error: e.0,
-                    };
-                }
-            };
-            received = true;
-            let was_complete = self.applier.complete();
-            let req = match self.applier.apply_sotw(&rsp) {
-                Ok(()) => {
-                    debug!(type_url = %rsp.type_url, version = %rsp.version_info, "ACK");
-                    self.on_judged(&rsp.type_url, Ok(()), was_complete);
-                    self.sotw.ack(&rsp.type_url, &rsp.version_info, &rsp.nonce)
-                }
-                Err(e) => {
-                    warn!(type_url = %rsp.type_url, error = %e, "NACK: keeping the previous config");
-                    self.on_judged(&rsp.type_url, Err(e.to_string()), was_complete);
-                    self.sotw.nack(&rsp.type_url, &rsp.nonce, &e.to_string())
-                }
-            };
-            if tx.send(req).await.is_err() {
-                return StreamEnd {
-                    received,
-                    error: "request stream closed".into(),
-                };
-            }
-        }
-        StreamEnd {
-            received,
-            error: "control plane closed the stream".into(),
-        }
     }
 }
 

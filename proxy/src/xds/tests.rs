@@ -17,7 +17,7 @@ use weft_api::mesh as pb;
 use weft_api::type_url::{self, Resource as _};
 
 use super::*;
-use crate::model::Snapshot;
+use crate::model::SharedSnapshot;
 use crate::telemetry::Metrics;
 
 fn svc(name: &str) -> pb::Service {
@@ -152,8 +152,8 @@ fn backoff_is_exponential_capped_and_jittered() {
 
 #[test]
 fn apply_is_all_or_nothing() {
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let mut ap = Applier::new(tx);
+    let snapshot = SharedSnapshot::default();
+    let mut ap = Applier::new(snapshot.clone());
     ap.apply_sotw(&sotw_rsp(
         type_url::SERVICE,
         "1",
@@ -161,7 +161,7 @@ fn apply_is_all_or_nothing() {
         vec![svc("a").to_any()],
     ))
     .unwrap();
-    assert!(rx.borrow().service_for_host("a").is_some());
+    assert!(snapshot.load().service_for_host("a").is_some());
 
     let err = ap
         .apply_sotw(&sotw_rsp(
@@ -176,7 +176,7 @@ fn apply_is_all_or_nothing() {
             .starts_with("Service c: http[0].matches[0].uri.regex"),
         "{err}"
     );
-    let snap = rx.borrow().clone();
+    let snap = snapshot.load();
     assert!(
         snap.service_for_host("a").is_some(),
         "the previous snapshot stays"
@@ -190,8 +190,8 @@ fn apply_is_all_or_nothing() {
 
 #[test]
 fn delta_adds_and_removes() {
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let mut ap = Applier::new(tx);
+    let snapshot = SharedSnapshot::default();
+    let mut ap = Applier::new(snapshot.clone());
     ap.apply_delta(&DeltaDiscoveryResponse {
         type_url: type_url::SERVICE.into(),
         nonce: "n1".into(),
@@ -209,7 +209,7 @@ fn delta_adds_and_removes() {
         ..Default::default()
     })
     .unwrap();
-    let snap = rx.borrow().clone();
+    let snap = snapshot.load();
     assert!(snap.service_for_host("a").is_none());
     assert!(snap.service_for_host("b").is_some());
     // A resource whose envelope disagrees with its body is refused.
@@ -221,6 +221,16 @@ fn delta_adds_and_removes() {
         })
         .unwrap_err();
     assert!(matches!(err, ApplyError::NameMismatch { .. }));
+}
+
+#[test]
+fn unnamed_endpoints_are_refused() {
+    let mut ap = Applier::new(SharedSnapshot::default());
+    let unnamed = pb::Endpoints::default().to_any();
+    let err = ap
+        .apply_sotw(&sotw_rsp(type_url::ENDPOINTS, "1", "n1", vec![unnamed]))
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::Unnamed("Endpoints")), "{err}");
 }
 
 // === client against a fake transport ===
@@ -266,7 +276,7 @@ impl Transport for FakeTransport {
 struct Harness {
     delta: mpsc::UnboundedReceiver<FakeStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>>,
     sotw: mpsc::UnboundedReceiver<FakeStream<DiscoveryRequest, DiscoveryResponse>>,
-    snapshot: watch::Receiver<Arc<Snapshot>>,
+    snapshot: SharedSnapshot,
     status: watch::Receiver<XdsStatus>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -275,7 +285,7 @@ struct Harness {
 fn start(mode: Mode) -> Harness {
     let (dtx, drx) = mpsc::unbounded_channel();
     let (stx, srx) = mpsc::unbounded_channel();
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let snapshot = SharedSnapshot::default();
     let (status_tx, status_rx) = watch::channel(XdsStatus::default());
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
@@ -286,7 +296,7 @@ fn start(mode: Mode) -> Harness {
         },
         mode,
         node("productpage.default"),
-        Applier::new(snap_tx),
+        Applier::new(snapshot.clone()),
         status_tx,
         metrics.clone(),
     );
@@ -294,7 +304,7 @@ fn start(mode: Mode) -> Harness {
     Harness {
         delta: drx,
         sotw: srx,
-        snapshot: snap_rx,
+        snapshot,
         status: status_rx,
         metrics,
         shutdown,
@@ -357,7 +367,7 @@ async fn sotw_client_acks_nacks_and_keeps_versions_per_type() {
     );
     assert!(nack.error_detail.unwrap().message.contains("invalid regex"));
     assert!(
-        h.snapshot.borrow().service_for_host("a").is_some(),
+        h.snapshot.load().service_for_host("a").is_some(),
         "still serving s1"
     );
     assert!(
@@ -411,7 +421,7 @@ async fn delta_client_reconnects_with_initial_resource_versions() {
         }))
         .unwrap();
     next(&mut s.requests).await;
-    assert!(h.snapshot.borrow().service_for_host("a").is_none());
+    assert!(h.snapshot.load().service_for_host("a").is_none());
 
     // The control plane goes away: the proxy keeps its snapshot and reconnects (paused time
     // fast-forwards the backoff).
@@ -421,7 +431,7 @@ async fn delta_client_reconnects_with_initial_resource_versions() {
     let mut s2 = h.delta.recv().await.unwrap();
     assert!(!h.status.borrow().connected || h.status.borrow().last_error.is_some());
     assert!(
-        h.snapshot.borrow().service_for_host("b").is_some(),
+        h.snapshot.load().service_for_host("b").is_some(),
         "served while away"
     );
     let mut initial = None;
@@ -466,8 +476,56 @@ async fn ready_after_every_type_is_answered() {
     assert!(h.status.borrow().complete);
     assert!(h.status.borrow().waiting_for.is_empty());
     assert_eq!(
-        h.snapshot.borrow().inbound.as_ref().unwrap().name,
+        h.snapshot.load().inbound.as_ref().unwrap().name,
         "productpage"
     );
     h.shutdown.cancel();
+}
+
+/// A control plane that accepts the connection but never answers the stream's opening.
+struct SilentTransport {
+    opens: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Transport for SilentTransport {
+    fn delta(
+        &self,
+        _requests: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> BoxFuture<'_, Result<ResponseStream<DeltaDiscoveryResponse>, TransportError>> {
+        self.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+
+    fn sotw(
+        &self,
+        _requests: ReceiverStream<DiscoveryRequest>,
+    ) -> BoxFuture<'_, Result<ResponseStream<DiscoveryResponse>, TransportError>> {
+        self.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stream_that_never_opens_is_abandoned_and_retried() {
+    let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (status_tx, status) = watch::channel(XdsStatus::default());
+    let shutdown = CancellationToken::new();
+    let client = XdsClient::new(
+        SilentTransport {
+            opens: opens.clone(),
+        },
+        Mode::Delta,
+        node("a.default"),
+        Applier::new(SharedSnapshot::default()),
+        status_tx,
+        Arc::new(Metrics::new()),
+    )
+    .with_open_timeout(Duration::from_secs(5));
+    tokio::spawn(client.run(shutdown.clone()));
+    // Paused time: the sleep lets the client's timers (open timeout, backoff) fire.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(opens.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let err = status.borrow().last_error.clone().unwrap();
+    assert!(err.contains("not opened within 5s"), "{err}");
+    shutdown.cancel();
 }

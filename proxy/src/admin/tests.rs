@@ -1,0 +1,136 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! The admin endpoints as an orchestrator, Prometheus and `weftctl proxy-config` see them,
+//! driven through the router in memory (no port).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::*;
+use crate::model::{Parts, Service, SharedSnapshot, Snapshot};
+use crate::telemetry::RequestLabels;
+use crate::xds::XdsStatus;
+
+struct Admin {
+    state: AdminState,
+    xds: watch::Sender<XdsStatus>,
+}
+
+fn mk_admin() -> Admin {
+    let (xds, rx) = watch::channel(XdsStatus {
+        server: "127.0.0.1:15012".into(),
+        waiting_for: vec!["Service", "Cluster"],
+        last_error: Some("connection refused".into()),
+        ..Default::default()
+    });
+    Admin {
+        state: AdminState {
+            node_id: "productpage.default".into(),
+            snapshot: SharedSnapshot::default(),
+            xds: rx,
+            metrics: Arc::new(Metrics::new()),
+        },
+        xds,
+    }
+}
+
+async fn get(state: &AdminState, path: &str) -> (StatusCode, String, String) {
+    let rsp = router(state.clone())
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = rsp.status();
+    let ctype = rsp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn mk_service(name: &str) -> Service {
+    Service {
+        name: name.into(),
+        namespace: "default".into(),
+        aliases: vec![],
+        ports: vec![],
+        http: vec![],
+        tcp: vec![],
+        origin: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn ready_says_why_until_config_arrives() {
+    let a = mk_admin();
+    let (status, _, body) = get(&a.state, "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("Service, Cluster"), "{body}");
+    assert!(body.contains("connection refused"), "{body}");
+
+    a.xds.send_modify(|s| {
+        s.complete = true;
+        s.waiting_for.clear();
+    });
+    let (status, _, body) = get(&a.state, "/ready").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ready\n"));
+}
+
+#[tokio::test]
+async fn live_answers_even_before_config() {
+    let a = mk_admin();
+    let (status, _, body) = get(&a.state, "/live").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "live\n"));
+}
+
+#[tokio::test]
+async fn config_dump_shows_the_snapshot_and_versions() {
+    let a = mk_admin();
+    let mut parts = Parts::default();
+    parts
+        .services
+        .insert("reviews".into(), Arc::new(mk_service("reviews")));
+    parts.versions = BTreeMap::from([(
+        "type.googleapis.com/weft.mesh.v1.Service".into(),
+        "v7".into(),
+    )]);
+    a.state.snapshot.store(Arc::new(Snapshot::build(&parts)));
+
+    let (status, ctype, body) = get(&a.state, "/config_dump").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, "application/json");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["node_id"], "productpage.default");
+    assert_eq!(dump["services"][0]["name"], "reviews");
+    assert_eq!(
+        dump["versions"]["type.googleapis.com/weft.mesh.v1.Service"],
+        "v7"
+    );
+    assert_eq!(dump["xds"]["server"], "127.0.0.1:15012");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let a = mk_admin();
+    a.state.metrics.request(RequestLabels {
+        direction: "outbound",
+        source_workload: "productpage".into(),
+        source_namespace: "default".into(),
+        destination_service: "reviews".into(),
+        destination_workload: "reviews-v1".into(),
+        destination_subset: "v1".into(),
+        response_code: 200,
+    });
+    let (status, ctype, body) = get(&a.state, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(body.contains("weft_requests_total{"), "{body}");
+    assert!(body.contains(r#"destination_service="reviews""#), "{body}");
+    assert!(body.contains("weft_xds_connected 0"), "{body}");
+}
