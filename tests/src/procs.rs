@@ -35,6 +35,8 @@ pub struct Process {
     label: String,
     child: Option<Child>,
     logs: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr; done once the process has closed both.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -52,10 +54,11 @@ impl Process {
             child.stdout.take().map(|s| Box::new(s) as _),
             child.stderr.take().map(|s| Box::new(s) as _),
         ];
+        let mut readers = Vec::new();
         for stream in streams.into_iter().flatten() {
             let logs = logs.clone();
             let label = label.to_string();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     // Shown by the test runner only when the test fails.
@@ -65,12 +68,13 @@ impl Process {
                         l.push('\n');
                     }
                 }
-            });
+            }));
         }
         Self {
             label: label.to_string(),
             child: Some(child),
             logs,
+            readers,
         }
     }
 
@@ -95,10 +99,15 @@ impl Process {
         }
     }
 
-    /// Waits for the process to exit and returns its exit code.
+    /// Waits for the process to exit and returns its exit code. Its output has been read to the
+    /// end by then, so [`Self::logs`] holds everything it printed.
     pub async fn wait(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
-        child.wait().await.ok().and_then(|s| s.code())
+        let code = child.wait().await.ok().and_then(|s| s.code());
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        code
     }
 
     pub fn id(&self) -> Option<u32> {

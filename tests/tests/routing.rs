@@ -1,8 +1,8 @@
 //! Routing through real sidecars: hosts, header and path matches, weighted splits, live edits,
 //! bad documents and control-plane restarts.
 
+use weft_e2e::eventually;
 use weft_e2e::mesh::{Mesh, served_by};
-use weft_e2e::{Proxy, eventually};
 
 const SPLIT_80_20: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -276,18 +276,39 @@ async fn state_of_the_world_xds_routes_the_same() {
     .await;
 }
 
+const PRIVATE_SERVICE: &str = r#"
+apiVersion: networking.weft.dev/v1
+kind: ServiceEntry
+metadata:
+  name: private
+  namespace: team-b
+spec:
+  hosts: [private.team-b.svc.cluster.local]
+  exportTo: ["."]
+  ports:
+  - {number: 8080, name: http, protocol: HTTP}
+  resolution: STATIC
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_gets_only_what_it_needs() {
-    let mesh = Mesh::start(&[]).await;
-    let dump = mesh.client.config_dump().await.to_string();
-    // Its own workload, and the services it may call...
-    assert!(dump.contains("client"), "{dump}");
-    assert!(dump.contains("web.default.svc.cluster.local"), "{dump}");
-    // ...but not another workload's inbound view.
-    let other: Proxy = mesh.web_v1;
-    let other_dump = other.config_dump().await;
+    let mesh = Mesh::start(&[("private.yaml", PRIVATE_SERVICE)]).await;
+    let dump = mesh.client.config_dump().await;
+    // Its own workload's inbound view, not another's...
+    assert_eq!(dump["inbound"]["name"], "client", "{dump}");
+    assert_eq!(mesh.web_v1.config_dump().await["inbound"]["name"], "web-v1");
+    // ...the services visible from its namespace...
+    let services = dump["services"].to_string();
     assert!(
-        !other_dump["inbound"].to_string().contains("\"client\""),
-        "web-v1's inbound view is its own: {other_dump}"
+        services.contains("web.default.svc.cluster.local"),
+        "{services}"
     );
+    // ...and not a service another namespace keeps to itself (exportTo: ".").
+    assert!(!services.contains("private.team-b"), "{services}");
+    let mut c = mesh.h1().await;
+    let r = c
+        .get("http://private.team-b.svc.cluster.local:8080/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{r:?}");
 }
