@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/envoy/service/discovery/v3/ads.proto",
         "proto/weft/mesh/v1/mesh.proto",
+        "proto/weft/ca/v1/ca.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

@@ -33,6 +33,11 @@ pub mod pb {
         }
     }
     pub mod weft {
+        pub mod ca {
+            pub mod v1 {
+                tonic::include_proto!("weft.ca.v1");
+            }
+        }
         pub mod mesh {
             pub mod v1 {
                 tonic::include_proto!("weft.mesh.v1");
@@ -49,6 +54,9 @@ pub use pb::envoy::config::core::v3 as core;
 
 /// `envoy.service.discovery.v3`: the ADS service and its request and response messages.
 pub use pb::envoy::service::discovery::v3 as discovery;
+
+/// `weft.ca.v1`: the mesh certificate authority (CSR in, certificate chain out).
+pub use pb::weft::ca::v1 as ca;
 
 /// `weft.mesh.v1`: the resources a proxy is configured with.
 pub use pb::weft::mesh::v1 as mesh;

@@ -150,6 +150,7 @@ pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
         mesh: mesh::Mesh {
             trust_domain: model.settings.trust_domain.clone(),
             dns_domain: model.settings.dns_domain.clone(),
+            ..Default::default()
         },
         inbound: cx.inbound(),
         ..Default::default()
@@ -173,6 +174,7 @@ pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
                     load_balancer: Some(mesh::LoadBalancer {
                         simple: load_balancer(dr.map(|d| &d.spec), subset, port.number) as i32,
                     }),
+                    ..Default::default()
                 });
                 out.endpoints.push(mesh::Endpoints {
                     endpoints: cx.endpoints(svc, port, subset),
@@ -278,6 +280,7 @@ impl<'m> Cx<'m> {
             service_account: sa.to_string(),
             identity: settings.spiffe_id(we.namespace(), sa),
             ports: ports.into_values().collect(),
+            ..Default::default()
         })
     }
 
