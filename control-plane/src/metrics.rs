@@ -75,9 +75,17 @@ impl Metrics {
         }
     }
 
-    /// The labels of a type URL.
+    /// The labels of a type URL. Type URLs come from proxies' requests, so any URL that is not
+    /// one of Weft's types is labelled `unknown`: a client cannot grow the families without
+    /// bound.
     pub fn type_labels(type_url: &str) -> TypeLabels {
-        vec![("type", weft_api::type_url::short_name(type_url).to_string())]
+        let known = weft_api::type_url::ALL.contains(&type_url);
+        let name = if known {
+            weft_api::type_url::short_name(type_url)
+        } else {
+            "unknown"
+        };
+        vec![("type", name.to_string())]
     }
 
     /// The Prometheus text exposition.
@@ -105,5 +113,20 @@ mod tests {
         );
         assert!(text.contains("weft_control_connected_proxies 0"), "{text}");
         assert!(text.contains("weft_control_model_generation"), "{text}");
+    }
+
+    #[test]
+    fn type_urls_outside_weft_share_one_label() {
+        let m = Metrics::new();
+        for i in 0..3 {
+            m.nacks
+                .get_or_create(&Metrics::type_labels(&format!("type.example/x{i}")))
+                .inc();
+        }
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("weft_control_xds_nacks_total{type=\"unknown\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prost_types::Any;
 use tokio::sync::mpsc;
@@ -86,6 +87,7 @@ struct Plane {
     metrics: Arc<Metrics>,
     client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 async fn mk_plane() -> Plane {
@@ -104,7 +106,7 @@ async fn mk_plane() -> Plane {
         metrics.clone(),
         shutdown.clone(),
     );
-    tokio::spawn(server::serve(listener, ads, shutdown.clone()));
+    let server = tokio::spawn(server::serve(listener, ads, shutdown.clone()));
     let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -115,6 +117,7 @@ async fn mk_plane() -> Plane {
         metrics,
         client,
         shutdown,
+        server,
     }
 }
 
@@ -331,4 +334,72 @@ async fn shutdown_ends_streams_with_unavailable() {
     plane.shutdown.cancel();
     let err = s.rx.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_stream_that_never_sends_its_first_request_does_not_hold_up_shutdown() {
+    let mut plane = mk_plane().await;
+    let (_tx, reqs) = mpsc::channel::<DiscoveryRequest>(1);
+    let mut client = plane.client.clone();
+    let call = tokio::spawn(async move {
+        client
+            .stream_aggregated_resources(ReceiverStream::new(reqs))
+            .await
+    });
+    // Let the stream reach the server before shutting down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    plane.shutdown.cancel();
+    // Well inside the grace period: the stream ended because of shutdown, not the timer.
+    let done = tokio::time::timeout(Duration::from_secs(2), &mut plane.server).await;
+    assert!(done.is_ok(), "the server still waits for the silent stream");
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_proxy_that_stops_reading_neither_blocks_others_nor_shutdown() {
+    let mut plane = mk_plane().await;
+    plane.fake.set("b.ns", SERVICE, "reviews", "v1");
+    let mut first = sotw_req(SERVICE, "", "");
+    first.node = node("a.ns");
+    let mut slow = Sotw::open(&mut plane, first.clone()).await.unwrap();
+    slow.recv().await;
+    first.node = node("b.ns");
+    let mut other = Sotw::open(&mut plane, first).await.unwrap();
+    let mut last = other.recv().await;
+
+    // Big pushes to the proxy that no longer reads, until its stream task is stuck on a full
+    // buffer; the other proxy keeps getting its pushes meanwhile.
+    for i in 0..40 {
+        plane.fake.set(
+            "a.ns",
+            SERVICE,
+            "reviews",
+            &format!("{i}{}", "x".repeat(1 << 20)),
+        );
+        plane.fake.set("b.ns", SERVICE, "reviews", &format!("v{i}"));
+        plane.cache.refresh();
+        let push = other.recv().await;
+        assert_eq!(push.resources[0].value, format!("v{i}").into_bytes());
+        other
+            .send(sotw_req(SERVICE, &push.version_info, &push.nonce))
+            .await;
+        last = push;
+    }
+    assert_eq!(plane.syncz.len(), 2);
+    drop(last);
+
+    plane.shutdown.cancel();
+    // The stuck stream task notices shutdown at once...
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while !plane.syncz.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a stream task stuck on a proxy that does not read outlived shutdown");
+    // ...and the server gives up on the unread responses after the grace period.
+    let done = tokio::time::timeout(server::SHUTDOWN_GRACE * 2, &mut plane.server).await;
+    assert!(done.is_ok(), "the server never finished shutting down");
+    drop(slow);
 }

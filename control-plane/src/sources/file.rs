@@ -65,13 +65,15 @@ pub async fn start<S: ConfigStore>(
     if !dir.is_dir() {
         return Err(FileSourceError::NotADirectory(dir));
     }
-    // Watch before the first scan, so that a change during the scan is not lost.
-    let (tx, events) = mpsc::unbounded_channel();
+    // Watch before the first scan, so that a change during the scan is not lost. Events carry
+    // nothing (the rescan finds what changed), so one pending signal is enough: a full channel
+    // already guarantees a rescan, and a burst of events costs no memory.
+    let (tx, events) = mpsc::channel(1);
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
             Ok(_) => {
-                let _ = tx.send(());
+                let _ = tx.try_send(());
             }
             Err(error) => tracing::warn!(%error, "config directory watch error"),
         })
@@ -110,7 +112,7 @@ async fn watch_loop<S: ConfigStore>(
     mut src: Dir<S>,
     // Held so the watch lasts as long as the loop.
     _watcher: notify::RecommendedWatcher,
-    mut events: mpsc::UnboundedReceiver<()>,
+    mut events: mpsc::Receiver<()>,
     debounce: Duration,
     shutdown: CancellationToken,
 ) {
@@ -119,11 +121,15 @@ async fn watch_loop<S: ConfigStore>(
             _ = shutdown.cancelled() => return,
             e = events.recv() => if e.is_none() { return },
         }
-        // Debounce: editors and `cp -r` produce bursts; rescan once they go quiet.
+        // Debounce: editors and `cp -r` produce bursts; rescan once they go quiet, or at most
+        // `10 * debounce` after the first event, so that a file written continuously somewhere
+        // in the directory (a log, say) cannot hold back every other change.
+        let deadline = tokio::time::Instant::now() + debounce * 10;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(debounce) => break,
+                _ = tokio::time::sleep_until(deadline) => break,
                 e = events.recv() => if e.is_none() { return },
             }
         }
@@ -149,7 +155,8 @@ impl<S: ConfigStore> Dir<S> {
     /// (or always, for the initial load, so that readiness does not wait for a change).
     fn rescan(&mut self, initial: bool) {
         let mut found = BTreeMap::new();
-        find_yaml(&self.root, &mut found);
+        let mut unlisted = Vec::new();
+        find_yaml(&self.root, &mut found, &mut unlisted);
         let mut changed = BTreeSet::new();
 
         for (path, text) in &found {
@@ -169,10 +176,14 @@ impl<S: ConfigStore> Dir<S> {
                 changed.insert(path.clone());
             }
         }
+        // A directory that cannot be listed (the root replaced or gone, permissions) is not
+        // evidence that its files were deleted: they keep their last applied content, as
+        // unreadable files do, rather than withdrawing config from every proxy.
         let gone: Vec<PathBuf> = self
             .applied
             .keys()
             .filter(|p| !found.contains_key(*p))
+            .filter(|p| !unlisted.iter().any(|dir| p.starts_with(dir)))
             .cloned()
             .collect();
         for path in gone {
@@ -223,13 +234,22 @@ impl<S: ConfigStore> Dir<S> {
     }
 }
 
-/// Every `*.yaml` / `*.yml` file under `dir`, recursively, with its text. Hidden files and
-/// directories (editor swap and lock files, `..data` symlink farms) are skipped.
-fn find_yaml(dir: &Path, out: &mut BTreeMap<PathBuf, io::Result<String>>) {
+/// Every `*.yaml` / `*.yml` file under `dir`, recursively, with its text; directories that
+/// cannot be listed go to `unlisted`. Hidden files and directories (editor swap and lock files,
+/// `..data` symlink farms) are skipped.
+fn find_yaml(
+    dir: &Path,
+    out: &mut BTreeMap<PathBuf, io::Result<String>>,
+    unlisted: &mut Vec<PathBuf>,
+) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) => {
-            tracing::error!("{}: cannot list: {error}", dir.display());
+            tracing::error!(
+                "{}: cannot list: {error}; its files keep their last applied content",
+                dir.display()
+            );
+            unlisted.push(dir.to_path_buf());
             return;
         }
     };
@@ -241,7 +261,7 @@ fn find_yaml(dir: &Path, out: &mut BTreeMap<PathBuf, io::Result<String>>) {
         }
         // Follow symlinks: ConfigMap mounts are symlinks to files.
         if path.is_dir() {
-            find_yaml(&path, out);
+            find_yaml(&path, out, unlisted);
         } else if is_yaml(&path) && path.is_file() {
             out.insert(path.clone(), std::fs::read_to_string(&path));
         }

@@ -5,7 +5,6 @@
 //! for the proxy, or shutdown (which ends the stream with `UNAVAILABLE`, so proxies reconnect to
 //! another replica or to this one after a restart).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -21,13 +20,15 @@ use weft_api::discovery::{
 use weft_api::type_url::short_name;
 
 use super::cache::{Cache, Subscription};
-use super::snapshot::Snapshot;
-use super::stream::{DeltaStream, Event, Nonces, ProtocolError, SotwStream, Step, TypeSync};
+use super::stream::{DeltaStream, Event, Nonces, Protocol, SotwStream};
 use super::syncz::SyncRegistry;
 use crate::metrics::Metrics;
 
 /// Responses buffered per stream before the stream task waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 16;
+
+/// How long shutdown waits for open streams to drain before closing their connections.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The ADS service.
 #[derive(Debug, Clone)]
@@ -64,10 +65,15 @@ impl AdsServer {
         &self,
         inbound: &mut Streaming<P::Req>,
     ) -> Result<(P::Req, Subscription), Status> {
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::cancelled("stream closed before its first request"))?;
+        // A proxy that opens a stream and says nothing must not hold up shutdown: the server
+        // waits for open streams to end.
+        let first = tokio::select! {
+            _ = self.shutdown.cancelled() => {
+                return Err(Status::unavailable("control plane shutting down"));
+            }
+            first = inbound.message() => first?,
+        }
+        .ok_or_else(|| Status::cancelled("stream closed before its first request"))?;
         let node_id = P::node_id(&first)
             .filter(|id| !id.is_empty())
             .ok_or_else(|| {
@@ -140,27 +146,42 @@ impl AdsServer {
             };
             self.record(&node_id, &step.events);
             entry.update(proto.syncs());
-            let mut closed = false;
-            for resp in step.responses {
-                self.metrics
-                    .pushes
-                    .get_or_create(&Metrics::type_labels(P::type_url(&resp)))
-                    .inc();
-                tracing::debug!(node = %node_id, r#type = short_name(P::type_url(&resp)), "push");
-                if tx.send(Ok(resp)).await.is_err() {
-                    closed = true;
-                    break;
-                }
-            }
-            if closed {
-                break None;
+            if let Err(end) = self.send_all::<P>(&node_id, step.responses, &tx).await {
+                break end;
             }
         };
         if let Some(status) = end {
-            let _ = tx.send(Err(status)).await;
+            // Best effort: a proxy that does not read has a full buffer, and waiting for it
+            // would keep the stream (and so the server's shutdown) alive.
+            let _ = tx.try_send(Err(status));
         }
         self.metrics.connected_proxies.dec();
         tracing::info!(node = %node_id, stream = P::KIND, "proxy disconnected");
+    }
+
+    /// Sends `responses` in order. A proxy that does not read fills its buffer and waits here,
+    /// on its own task only; shutdown still ends it. `Err` says how the stream ends.
+    async fn send_all<P: Protocol>(
+        &self,
+        node_id: &str,
+        responses: Vec<P::Resp>,
+        tx: &mpsc::Sender<Result<P::Resp, Status>>,
+    ) -> Result<(), Option<Status>> {
+        for resp in responses {
+            let type_url = P::type_url(&resp);
+            self.metrics
+                .pushes
+                .get_or_create(&Metrics::type_labels(type_url))
+                .inc();
+            tracing::debug!(node = %node_id, r#type = short_name(type_url), "push");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return Err(Some(Status::unavailable("control plane shutting down")));
+                }
+                sent = tx.send(Ok(resp)) => if sent.is_err() { return Err(None) },
+            }
+        }
+        Ok(())
     }
 
     fn record(&self, node_id: &str, events: &[Event]) {
@@ -220,75 +241,6 @@ impl AggregatedDiscoveryService for AdsServer {
     }
 }
 
-/// What the stream task needs of SotW and delta alike.
-trait Protocol: Send + 'static {
-    type Req: Send + 'static;
-    type Resp: Send + 'static;
-    /// For logs and `/debug/syncz`.
-    const KIND: &'static str;
-    fn node_id(req: &Self::Req) -> Option<&str>;
-    fn type_url(resp: &Self::Resp) -> &str;
-    fn on_request(
-        &mut self,
-        req: &Self::Req,
-        snap: &Snapshot,
-    ) -> Result<Step<Self::Resp>, ProtocolError>;
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Step<Self::Resp>;
-    fn syncs(&self) -> BTreeMap<String, TypeSync>;
-}
-
-impl Protocol for SotwStream {
-    type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
-    const KIND: &'static str = "sotw";
-
-    fn node_id(req: &Self::Req) -> Option<&str> {
-        req.node.as_ref().map(|n| n.id.as_str())
-    }
-    fn type_url(resp: &Self::Resp) -> &str {
-        &resp.type_url
-    }
-    fn on_request(
-        &mut self,
-        req: &Self::Req,
-        snap: &Snapshot,
-    ) -> Result<Step<Self::Resp>, ProtocolError> {
-        SotwStream::on_request(self, req, snap)
-    }
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Step<Self::Resp> {
-        SotwStream::on_snapshot(self, snap)
-    }
-    fn syncs(&self) -> BTreeMap<String, TypeSync> {
-        SotwStream::syncs(self)
-    }
-}
-
-impl Protocol for DeltaStream {
-    type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
-    const KIND: &'static str = "delta";
-
-    fn node_id(req: &Self::Req) -> Option<&str> {
-        req.node.as_ref().map(|n| n.id.as_str())
-    }
-    fn type_url(resp: &Self::Resp) -> &str {
-        &resp.type_url
-    }
-    fn on_request(
-        &mut self,
-        req: &Self::Req,
-        snap: &Snapshot,
-    ) -> Result<Step<Self::Resp>, ProtocolError> {
-        DeltaStream::on_request(self, req, snap)
-    }
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Step<Self::Resp> {
-        DeltaStream::on_snapshot(self, snap)
-    }
-    fn syncs(&self) -> BTreeMap<String, TypeSync> {
-        DeltaStream::syncs(self)
-    }
-}
-
 /// Serves ADS on `listener` until `shutdown`. TLS (with the identity work) will wrap the
 /// accepted connections here, and only here.
 pub async fn serve(
@@ -297,8 +249,22 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let graceful = tonic::transport::Server::builder()
         .add_service(server.into_service())
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    // Graceful shutdown waits for every response to be written; a proxy that stopped reading
+    // would make it wait forever, so after a grace period the connections are dropped.
+    tokio::select! {
+        result = graceful => result,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "xDS streams still open after shutdown began; closing their connections"
+            );
+            Ok(())
+        }
+    }
 }

@@ -141,6 +141,80 @@ fn error_reason(status: &weft_api::rpc::Status) -> String {
     }
 }
 
+/// Interprets a request that answers a response (`response_nonce` set), for SotW and delta
+/// alike: a nonce other than the last one sent is stale; otherwise it is an ACK or, with
+/// `error_detail`, a NACK of the last version sent, recorded in `sync`.
+fn answer(
+    sync: &mut TypeSync,
+    type_url: &str,
+    nonce: &str,
+    error: Option<&weft_api::rpc::Status>,
+) -> Event {
+    let (type_url, nonce) = (type_url.to_string(), nonce.to_string());
+    if sync.last_sent_nonce.as_ref() != Some(&nonce) {
+        return Event::Stale { type_url, nonce };
+    }
+    let version = sync.last_sent_version.clone().unwrap_or_default();
+    match error {
+        Some(status) => {
+            let reason = error_reason(status);
+            sync.last_nack = Some(Nack {
+                version: version.clone(),
+                nonce: nonce.clone(),
+                reason: reason.clone(),
+            });
+            Event::Nack {
+                type_url,
+                version,
+                nonce,
+                reason,
+            }
+        }
+        None => {
+            sync.acked_version = Some(version.clone());
+            Event::Ack {
+                type_url,
+                version,
+                nonce,
+            }
+        }
+    }
+}
+
+/// One ADS stream's protocol state, SotW or delta: what the server task drives.
+pub trait Protocol: Send + 'static {
+    /// The request message.
+    type Req: Send + 'static;
+    /// The response message.
+    type Resp: Send + 'static;
+    /// `"sotw"` or `"delta"`, for logs and `/debug/syncz`.
+    const KIND: &'static str;
+    /// The request's `node.id`, if it has a node.
+    fn node_id(req: &Self::Req) -> Option<&str>;
+    /// The response's type URL.
+    fn type_url(resp: &Self::Resp) -> &str;
+    /// Handles a request against the proxy's current snapshot.
+    fn on_request(
+        &mut self,
+        req: &Self::Req,
+        snap: &Snapshot,
+    ) -> Result<Step<Self::Resp>, ProtocolError>;
+    /// Handles a new snapshot: what changed for each subscribed type.
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Step<Self::Resp>;
+    /// Per-type bookkeeping, for `/debug/syncz`.
+    fn syncs(&self) -> BTreeMap<String, TypeSync>;
+}
+
+fn type_syncs<T>(
+    types: &BTreeMap<String, T>,
+    sync: impl Fn(&T) -> &TypeSync,
+) -> BTreeMap<String, TypeSync> {
+    types
+        .iter()
+        .map(|(t, s)| (t.clone(), sync(s).clone()))
+        .collect()
+}
+
 // === SotW ===
 
 /// One type of a state-of-the-world stream.
@@ -167,8 +241,43 @@ impl SotwStream {
         }
     }
 
-    /// Handles a request against the proxy's current snapshot.
-    pub fn on_request(
+    fn respond(&mut self, type_url: &str, snap: &Snapshot) -> DiscoveryResponse {
+        let nonce = self.nonces.next();
+        let resources = snap.get(type_url);
+        let state = self.types.entry(type_url.to_string()).or_default();
+        let version = resources.version_of(state.names.as_ref());
+        let anys = resources
+            .resources
+            .iter()
+            .filter(|(n, _)| state.names.as_ref().is_none_or(|names| names.contains(*n)))
+            .map(|(_, r)| r.resource.clone())
+            .collect();
+        state.sync.last_sent_version = Some(version.clone());
+        state.sync.last_sent_nonce = Some(nonce.clone());
+        DiscoveryResponse {
+            version_info: version,
+            resources: anys,
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        }
+    }
+}
+
+impl Protocol for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    const KIND: &'static str = "sotw";
+
+    fn node_id(req: &Self::Req) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn type_url(resp: &Self::Resp) -> &str {
+        &resp.type_url
+    }
+
+    fn on_request(
         &mut self,
         req: &DiscoveryRequest,
         snap: &Snapshot,
@@ -204,41 +313,20 @@ impl SotwStream {
             return Ok(step);
         };
 
-        let nonce = &req.response_nonce;
-        if !nonce.is_empty() {
-            if Some(nonce) != state.sync.last_sent_nonce.as_ref() {
-                // "A nonce becomes stale following a newer nonce being presented to the client":
-                // the client will answer the newer response too; this request is ignored.
-                step.events.push(Event::Stale {
-                    type_url,
-                    nonce: nonce.clone(),
-                });
+        if !req.response_nonce.is_empty() {
+            let event = answer(
+                &mut state.sync,
+                &type_url,
+                &req.response_nonce,
+                req.error_detail.as_ref(),
+            );
+            let stale = matches!(event, Event::Stale { .. });
+            step.events.push(event);
+            if stale {
+                // "A nonce becomes stale following a newer nonce being presented to the
+                // client": the client will answer the newer response too; this request is
+                // ignored, subscription changes included.
                 return Ok(step);
-            }
-            let version = state.sync.last_sent_version.clone().unwrap_or_default();
-            match &req.error_detail {
-                Some(status) => {
-                    let reason = error_reason(status);
-                    state.sync.last_nack = Some(Nack {
-                        version: version.clone(),
-                        nonce: nonce.clone(),
-                        reason: reason.clone(),
-                    });
-                    step.events.push(Event::Nack {
-                        type_url: type_url.clone(),
-                        version,
-                        nonce: nonce.clone(),
-                        reason,
-                    });
-                }
-                None => {
-                    state.sync.acked_version = Some(version.clone());
-                    step.events.push(Event::Ack {
-                        type_url: type_url.clone(),
-                        version,
-                        nonce: nonce.clone(),
-                    });
-                }
             }
         }
 
@@ -253,8 +341,7 @@ impl SotwStream {
         Ok(step)
     }
 
-    /// Handles a new snapshot: one response per subscribed type whose content changed.
-    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Step<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Step<DiscoveryResponse> {
         let mut step = Step::default();
         for type_url in sorted_types(&self.types) {
             let Some(state) = self.types.get(&type_url) else {
@@ -268,34 +355,8 @@ impl SotwStream {
         step
     }
 
-    /// Per-type bookkeeping, for `/debug/syncz`.
-    pub fn syncs(&self) -> BTreeMap<String, TypeSync> {
-        self.types
-            .iter()
-            .map(|(t, s)| (t.clone(), s.sync.clone()))
-            .collect()
-    }
-
-    fn respond(&mut self, type_url: &str, snap: &Snapshot) -> DiscoveryResponse {
-        let nonce = self.nonces.next();
-        let resources = snap.get(type_url);
-        let state = self.types.entry(type_url.to_string()).or_default();
-        let version = resources.version_of(state.names.as_ref());
-        let anys = resources
-            .resources
-            .iter()
-            .filter(|(n, _)| state.names.as_ref().is_none_or(|names| names.contains(*n)))
-            .map(|(_, r)| r.resource.clone())
-            .collect();
-        state.sync.last_sent_version = Some(version.clone());
-        state.sync.last_sent_nonce = Some(nonce.clone());
-        DiscoveryResponse {
-            version_info: version,
-            resources: anys,
-            type_url: type_url.to_string(),
-            nonce,
-            ..Default::default()
-        }
+    fn syncs(&self) -> BTreeMap<String, TypeSync> {
+        type_syncs(&self.types, |t| &t.sync)
     }
 }
 
@@ -310,19 +371,95 @@ fn requested_names(names: &[String]) -> Option<BTreeSet<String>> {
 
 // === Delta ===
 
+/// Per resource name, what a response told the client: the version sent, or `None` for a
+/// removal.
+type Changes = BTreeMap<String, Option<String>>;
+
+/// What the client rejected with its last NACK, and the version of the type's resources that
+/// response was computed from.
+#[derive(Debug, Clone)]
+struct Rejected {
+    version: String,
+    changes: Changes,
+}
+
 /// One type of a delta stream.
 #[derive(Debug, Clone, Default)]
 struct DeltaType {
     wildcard: bool,
     /// Names subscribed explicitly.
     names: BTreeSet<String>,
-    /// What the client holds, name -> version: from `initial_resource_versions`, then from what
-    /// was sent. Updated when sending, not on ACK: after a NACK the client keeps older versions,
-    /// but resending the rejected ones would only be rejected again, so they wait for a change.
-    client: BTreeMap<String, String>,
+    /// What the client is known to hold, name -> version: `initial_resource_versions`, then
+    /// what it ACKed.
+    acked: BTreeMap<String, String>,
+    /// Sent since the last ACK or NACK of the latest response. Committed into `acked` on ACK;
+    /// dropped on NACK, because the client then keeps the versions it had.
+    pending: Changes,
+    /// Not sent again while the type's resources stay at the rejected version, so that a
+    /// NACK is not answered with what was just rejected; the next change re-evaluates every
+    /// resource against `acked`, the rejected ones included.
+    rejected: Option<Rejected>,
     /// Names subscribed to that do not exist and that the client must be told about once.
     absent: BTreeSet<String>,
     sync: TypeSync,
+}
+
+impl DeltaType {
+    /// The version the client holds, counting what was sent and not answered yet as held
+    /// (the client applies responses in order; a NACK reverts it).
+    fn held(&self, name: &str) -> Option<&String> {
+        match self.pending.get(name) {
+            Some(sent) => sent.as_ref(),
+            None => self.acked.get(name),
+        }
+    }
+
+    /// Every name the client holds, in the sense of [`Self::held`].
+    fn held_names(&self) -> BTreeSet<&String> {
+        let mut names: BTreeSet<&String> = self.acked.keys().collect();
+        for (name, sent) in &self.pending {
+            if sent.is_some() {
+                names.insert(name);
+            } else {
+                names.remove(name);
+            }
+        }
+        names
+    }
+
+    /// Whether telling the client `change` about `name` would repeat what it just rejected.
+    fn was_rejected(&self, name: &str, change: Option<&String>) -> bool {
+        self.rejected
+            .as_ref()
+            .and_then(|r| r.changes.get(name))
+            .is_some_and(|rejected| rejected.as_ref() == change)
+    }
+
+    fn on_ack(&mut self) {
+        for (name, sent) in std::mem::take(&mut self.pending) {
+            match sent {
+                Some(version) => self.acked.insert(name, version),
+                None => self.acked.remove(&name),
+            };
+        }
+    }
+
+    fn on_nack(&mut self) {
+        self.rejected = Some(Rejected {
+            version: self.sync.last_sent_version.clone().unwrap_or_default(),
+            changes: std::mem::take(&mut self.pending),
+        });
+    }
+
+    /// The client dropped `name` (or never had it); forget everything about it.
+    fn forget(&mut self, name: &str) {
+        self.acked.remove(name);
+        self.pending.remove(name);
+        self.absent.remove(name);
+        if let Some(rejected) = &mut self.rejected {
+            rejected.changes.remove(name);
+        }
+    }
 }
 
 /// An incremental (`DeltaAggregatedResources`) stream.
@@ -341,8 +478,83 @@ impl DeltaStream {
         }
     }
 
-    /// Handles a request against the proxy's current snapshot.
-    pub fn on_request(
+    fn respond(
+        &mut self,
+        type_url: &str,
+        snap: &Snapshot,
+        always: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let current = snap.get(type_url);
+        let state = self.types.get_mut(type_url)?;
+        if state
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.version != current.version)
+        {
+            state.rejected = None;
+        }
+
+        let changed: Vec<Resource> = current
+            .resources
+            .iter()
+            .filter(|(name, _)| state.wildcard || state.names.contains(*name))
+            .filter(|(name, r)| state.held(name) != Some(&r.version))
+            .filter(|(name, r)| !state.was_rejected(name, Some(&r.version)))
+            .map(|(name, r)| Resource {
+                name: name.clone(),
+                version: r.version.clone(),
+                resource: Some(r.resource.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let mut removed: BTreeSet<String> = state
+            .held_names()
+            .into_iter()
+            .filter(|name| !current.resources.contains_key(*name))
+            .filter(|name| !state.was_rejected(name, None))
+            .cloned()
+            .collect();
+        removed.extend(std::mem::take(&mut state.absent));
+
+        if changed.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        for r in &changed {
+            state
+                .pending
+                .insert(r.name.clone(), Some(r.version.clone()));
+        }
+        for name in &removed {
+            state.pending.insert(name.clone(), None);
+        }
+        let nonce = self.nonces.next();
+        state.sync.last_sent_version = Some(current.version.clone());
+        state.sync.last_sent_nonce = Some(nonce.clone());
+        Some(DeltaDiscoveryResponse {
+            system_version_info: current.version.clone(),
+            resources: changed,
+            type_url: type_url.to_string(),
+            nonce,
+            removed_resources: removed.into_iter().collect(),
+            ..Default::default()
+        })
+    }
+}
+
+impl Protocol for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    const KIND: &'static str = "delta";
+
+    fn node_id(req: &Self::Req) -> Option<&str> {
+        req.node.as_ref().map(|n| n.id.as_str())
+    }
+
+    fn type_url(resp: &Self::Resp) -> &str {
+        &resp.type_url
+    }
+
+    fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
         snap: &Snapshot,
@@ -363,47 +575,26 @@ impl DeltaStream {
             // The first request of a type is a wildcard unless it names resources; on a
             // reconnect it also says what the client already holds.
             state.wildcard = req.resource_names_subscribe.is_empty();
-            state.client = req
+            state.acked = req
                 .initial_resource_versions
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
         } else if !req.response_nonce.is_empty() {
-            let nonce = &req.response_nonce;
-            if Some(nonce) == state.sync.last_sent_nonce.as_ref() {
-                let version = state.sync.last_sent_version.clone().unwrap_or_default();
-                match &req.error_detail {
-                    Some(status) => {
-                        let reason = error_reason(status);
-                        state.sync.last_nack = Some(Nack {
-                            version: version.clone(),
-                            nonce: nonce.clone(),
-                            reason: reason.clone(),
-                        });
-                        step.events.push(Event::Nack {
-                            type_url: type_url.clone(),
-                            version,
-                            nonce: nonce.clone(),
-                            reason,
-                        });
-                    }
-                    None => {
-                        state.sync.acked_version = Some(version.clone());
-                        step.events.push(Event::Ack {
-                            type_url: type_url.clone(),
-                            version,
-                            nonce: nonce.clone(),
-                        });
-                    }
-                }
-            } else {
-                // Stale for ACK/NACK purposes; subscription changes below still apply, since
-                // in delta they are independent of the nonce.
-                step.events.push(Event::Stale {
-                    type_url: type_url.clone(),
-                    nonce: nonce.clone(),
-                });
+            // A stale nonce is no ACK or NACK; subscription changes below still apply, since
+            // in delta they are independent of the nonce.
+            let event = answer(
+                &mut state.sync,
+                &type_url,
+                &req.response_nonce,
+                req.error_detail.as_ref(),
+            );
+            match event {
+                Event::Ack { .. } => state.on_ack(),
+                Event::Nack { .. } => state.on_nack(),
+                _ => {}
             }
+            step.events.push(event);
         }
 
         for name in &req.resource_names_subscribe {
@@ -411,19 +602,20 @@ impl DeltaStream {
                 state.wildcard = true;
             } else if state.names.insert(name.clone())
                 && !resources.resources.contains_key(name)
-                && !state.client.contains_key(name)
+                && state.held(name).is_none()
             {
                 state.absent.insert(name.clone());
             }
         }
+        if req.resource_names_unsubscribe.iter().any(|n| n == WILDCARD) {
+            state.wildcard = false;
+        }
         for name in &req.resource_names_unsubscribe {
-            if name == WILDCARD {
-                state.wildcard = false;
-            } else {
-                // The client drops an unsubscribed resource itself; nothing to send.
-                state.names.remove(name);
-                state.client.remove(name);
-                state.absent.remove(name);
+            state.names.remove(name);
+            // The client drops an unsubscribed resource itself, unless a wildcard
+            // subscription still covers it; nothing to send either way.
+            if name != WILDCARD && !state.wildcard {
+                state.forget(name);
             }
         }
 
@@ -435,8 +627,7 @@ impl DeltaStream {
         Ok(step)
     }
 
-    /// Handles a new snapshot: per subscribed type, the changed and removed resources.
-    pub fn on_snapshot(&mut self, snap: &Snapshot) -> Step<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Step<DeltaDiscoveryResponse> {
         let mut step = Step::default();
         for type_url in sorted_types(&self.types) {
             if let Some(resp) = self.respond(&type_url, snap, false) {
@@ -446,63 +637,8 @@ impl DeltaStream {
         step
     }
 
-    /// Per-type bookkeeping, for `/debug/syncz`.
-    pub fn syncs(&self) -> BTreeMap<String, TypeSync> {
-        self.types
-            .iter()
-            .map(|(t, s)| (t.clone(), s.sync.clone()))
-            .collect()
-    }
-
-    fn respond(
-        &mut self,
-        type_url: &str,
-        snap: &Snapshot,
-        always: bool,
-    ) -> Option<DeltaDiscoveryResponse> {
-        let current = snap.get(type_url);
-        let state = self.types.get_mut(type_url)?;
-
-        let changed: Vec<Resource> = current
-            .resources
-            .iter()
-            .filter(|(name, _)| state.wildcard || state.names.contains(*name))
-            .filter(|(name, r)| state.client.get(*name) != Some(&r.version))
-            .map(|(name, r)| Resource {
-                name: name.clone(),
-                version: r.version.clone(),
-                resource: Some(r.resource.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let mut removed: BTreeSet<String> = state
-            .client
-            .keys()
-            .filter(|name| !current.resources.contains_key(*name))
-            .cloned()
-            .collect();
-        removed.extend(std::mem::take(&mut state.absent));
-
-        if changed.is_empty() && removed.is_empty() && !always {
-            return None;
-        }
-        for r in &changed {
-            state.client.insert(r.name.clone(), r.version.clone());
-        }
-        for name in &removed {
-            state.client.remove(name);
-        }
-        let nonce = self.nonces.next();
-        state.sync.last_sent_version = Some(current.version.clone());
-        state.sync.last_sent_nonce = Some(nonce.clone());
-        Some(DeltaDiscoveryResponse {
-            system_version_info: current.version.clone(),
-            resources: changed,
-            type_url: type_url.to_string(),
-            nonce,
-            removed_resources: removed.into_iter().collect(),
-            ..Default::default()
-        })
+    fn syncs(&self) -> BTreeMap<String, TypeSync> {
+        type_syncs(&self.types, |t| &t.sync)
     }
 }
 

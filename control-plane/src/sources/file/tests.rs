@@ -224,3 +224,68 @@ async fn a_bad_document_is_reported_and_the_source_keeps_going() {
     assert!(h.state.borrow().generation >= 2);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_file_deleted_then_recreated_is_seen() {
+    let mut h = mk_source("recreate", |d| {
+        std::fs::write(d.join("a.yaml"), "a1").unwrap();
+    })
+    .await;
+    std::fs::remove_file(h.dir.0.join("a.yaml")).unwrap();
+    h.until(|h| h.published().is_empty()).await;
+    std::fs::write(h.dir.0.join("a.yaml"), "a2").unwrap();
+    h.until(|h| h.published().get("a.yaml").map(String::as_str) == Some("a2"))
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_written_continuously_does_not_hold_back_other_changes() {
+    let mut h = mk_source("trickle", |d| {
+        std::fs::write(d.join("a.yaml"), "a1").unwrap();
+    })
+    .await;
+    // A log written every 5 ms, well inside the 20 ms debounce: without a cap on the debounce,
+    // the directory never goes quiet and the edit below is never applied.
+    let log = h.dir.0.join("app.log");
+    let writer = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = std::fs::write(&log, i.to_string());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(h.dir.0.join("a.yaml"), "a2").unwrap();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(10),
+        h.until(|h| h.published().get("a.yaml").map(String::as_str) == Some("a2")),
+    )
+    .await;
+    writer.abort();
+    assert!(seen.is_ok(), "the edit was never applied");
+    h.stop().await;
+}
+
+#[test]
+fn a_directory_that_cannot_be_listed_keeps_its_files() {
+    let dir = TempDir::new("unlisted");
+    std::fs::write(dir.0.join("a.yaml"), "a1").unwrap();
+    let store = FakeStore::default();
+    let (tx, state) = watch::channel(ConfigState::default());
+    let mut src = Dir {
+        root: dir.0.clone(),
+        store: store.clone(),
+        applied: BTreeMap::new(),
+        published: BTreeSet::new(),
+        generation: 0,
+        state: tx,
+    };
+    src.rescan(true);
+    assert_eq!(state.borrow().generation, 1);
+    // The root goes away (replaced by `rm -rf dir && cp -r new dir`, say): proxies keep their
+    // config rather than losing all of it.
+    std::fs::remove_dir_all(&dir.0).unwrap();
+    src.rescan(false);
+    assert_eq!(state.borrow().generation, 1);
+    assert_eq!(store.published.lock().unwrap().len(), 1);
+}

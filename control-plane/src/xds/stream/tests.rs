@@ -432,3 +432,111 @@ fn delta_explicit_wildcard_and_leaving_it() {
     let v2 = mk_snap(&[(SERVICE, &[("a", "2"), ("b", "2"), ("c", "1")])]);
     assert!(d.on_snapshot(&v2).responses.is_empty());
 }
+
+fn delta_nack(nonce: &str) -> DeltaDiscoveryRequest {
+    let mut req = delta_req(SERVICE, nonce);
+    req.error_detail = Some(Status {
+        code: 3,
+        message: "no".into(),
+        details: vec![],
+    });
+    req
+}
+
+/// A wildcard delta stream that was sent `snap` and ACKed it.
+fn delta_acked(snap: &Snapshot) -> DeltaStream {
+    let mut d = delta();
+    let resp = d
+        .on_request(&delta_req(SERVICE, ""), snap)
+        .unwrap()
+        .responses
+        .remove(0);
+    d.on_request(&delta_req(SERVICE, &resp.nonce), snap)
+        .unwrap();
+    d
+}
+
+#[test]
+fn delta_after_a_nack_the_next_change_resends_the_rejected_resources() {
+    // The client keeps its old versions after a NACK, so the server must not count the rejected
+    // ones as held: when anything changes, they are evaluated again against what was ACKed.
+    let v1 = mk_snap(&[(SERVICE, &[("a", "1"), ("b", "1")])]);
+    let v2 = mk_snap(&[(SERVICE, &[("a", "2"), ("b", "1")])]);
+    let v3 = mk_snap(&[(SERVICE, &[("a", "2"), ("b", "2")])]);
+    let mut d = delta_acked(&v1);
+    let pushed = d.on_snapshot(&v2).responses.remove(0);
+    assert_eq!(names(&pushed), vec!["a"]);
+    let step = d.on_request(&delta_nack(&pushed.nonce), &v2).unwrap();
+    assert!(step.responses.is_empty());
+    // The snapshot task may see v2 again after the NACK: still nothing to send.
+    assert!(d.on_snapshot(&v2).responses.is_empty());
+
+    let next = d.on_snapshot(&v3).responses.remove(0);
+    assert_eq!(names(&next), vec!["a", "b"]);
+    d.on_request(&delta_req(SERVICE, &next.nonce), &v3).unwrap();
+    assert!(d.on_snapshot(&v3).responses.is_empty());
+    assert_eq!(
+        d.syncs()[SERVICE].acked_version,
+        Some(v3.get(SERVICE).version.clone())
+    );
+}
+
+#[test]
+fn delta_a_nacked_removal_is_repeated_on_the_next_change() {
+    let v1 = mk_snap(&[(SERVICE, &[("a", "1"), ("b", "1")])]);
+    let v2 = mk_snap(&[(SERVICE, &[("a", "1")])]);
+    let v3 = mk_snap(&[(SERVICE, &[("a", "2")])]);
+    let mut d = delta_acked(&v1);
+    let pushed = d.on_snapshot(&v2).responses.remove(0);
+    assert_eq!(pushed.removed_resources, vec!["b".to_string()]);
+    d.on_request(&delta_nack(&pushed.nonce), &v2).unwrap();
+    assert!(d.on_snapshot(&v2).responses.is_empty());
+    let next = d.on_snapshot(&v3).responses.remove(0);
+    assert_eq!(names(&next), vec!["a"]);
+    assert_eq!(next.removed_resources, vec!["b".to_string()]);
+}
+
+#[test]
+fn delta_a_stale_ack_commits_nothing_and_the_latest_commits_everything_sent() {
+    let v1 = mk_snap(&[(SERVICE, &[("a", "1"), ("b", "1")])]);
+    let v2 = mk_snap(&[(SERVICE, &[("a", "2"), ("b", "1")])]);
+    let v3 = mk_snap(&[(SERVICE, &[("a", "2"), ("b", "2")])]);
+    let mut d = delta();
+    let first = d
+        .on_request(&delta_req(SERVICE, ""), &v1)
+        .unwrap()
+        .responses
+        .remove(0);
+    let p2 = d.on_snapshot(&v2).responses.remove(0);
+    let p3 = d.on_snapshot(&v3).responses.remove(0);
+    assert_eq!((names(&p2), names(&p3)), (vec!["a"], vec!["b"]));
+    let step = d
+        .on_request(&delta_req(SERVICE, &first.nonce), &v3)
+        .unwrap();
+    assert!(matches!(step.events[0], Event::Stale { .. }));
+    assert!(step.responses.is_empty());
+    d.on_request(&delta_req(SERVICE, &p3.nonce), &v3).unwrap();
+    assert!(d.on_snapshot(&v3).responses.is_empty());
+    assert_eq!(
+        d.syncs()[SERVICE].acked_version,
+        Some(v3.get(SERVICE).version.clone())
+    );
+}
+
+#[test]
+fn delta_unsubscribing_a_name_under_a_wildcard_changes_nothing() {
+    let snap = mk_snap(&[(SERVICE, &[("a", "1"), ("b", "1")])]);
+    let mut d = delta();
+    let resp = d
+        .on_request(&delta_req(SERVICE, ""), &snap)
+        .unwrap()
+        .responses
+        .remove(0);
+    let mut req = delta_req(SERVICE, &resp.nonce);
+    req.resource_names_unsubscribe = vec!["a".into()];
+    let step = d.on_request(&req, &snap).unwrap();
+    assert!(step.responses.is_empty(), "{:?}", step.responses);
+    // Still covered by the wildcard: a change to it is sent.
+    let v2 = mk_snap(&[(SERVICE, &[("a", "2"), ("b", "1")])]);
+    assert_eq!(names(&d.on_snapshot(&v2).responses[0]), vec!["a"]);
+}
