@@ -16,13 +16,14 @@ pub enum Severity {
     Warning,
 }
 
-/// The four kinds Weft reads from networking YAML.
+/// The kinds Weft reads: the four networking kinds and PeerAuthentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     ServiceEntry,
     WorkloadEntry,
     VirtualService,
     DestinationRule,
+    PeerAuthentication,
 }
 
 impl Kind {
@@ -33,6 +34,7 @@ impl Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -43,6 +45,7 @@ impl Kind {
             "WorkloadEntry" => Some(Kind::WorkloadEntry),
             "VirtualService" => Some(Kind::VirtualService),
             "DestinationRule" => Some(Kind::DestinationRule),
+            "PeerAuthentication" => Some(Kind::PeerAuthentication),
             _ => None,
         }
     }

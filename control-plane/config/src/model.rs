@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 
 use crate::diag::{Kind, ObjectRef};
 use crate::host;
-use crate::kinds::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
+use crate::kinds::{
+    DestinationRule, PeerAuthentication, ServiceEntry, VirtualService, WorkloadEntry,
+};
 use crate::parse::{Object, Resource};
 use crate::validate::FieldError;
 
-/// Mesh-wide settings that shape names and identities.
+/// Mesh-wide settings that shape names, identities and trust. Set by the control plane
+/// (from its flags and its CA), not read from YAML.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshSettings {
     /// SPIFFE trust domain; `cluster.local` by default.
@@ -20,6 +23,14 @@ pub struct MeshSettings {
     /// DNS suffix of Kubernetes-style service names (`<name>.<ns>.svc.<dns_domain>`);
     /// `cluster.local` by default.
     pub dns_domain: String,
+    /// PEM root certificates proxies trust for peers (`Mesh.trust_bundle`): the CA's root,
+    /// several during a root rotation. Empty by default; the control plane fills it from its
+    /// CA. Part of the settings (not of the objects) so that a new root is a model change
+    /// that reaches every proxy.
+    pub trust_bundle: Vec<String>,
+    /// The namespace whose selector-less PeerAuthentication is mesh-wide (Istio's
+    /// `rootNamespace`, `istio-system` there); `weft-system` by default.
+    pub root_namespace: String,
 }
 
 impl Default for MeshSettings {
@@ -27,6 +38,8 @@ impl Default for MeshSettings {
         Self {
             trust_domain: "cluster.local".into(),
             dns_domain: "cluster.local".into(),
+            trust_bundle: Vec::new(),
+            root_namespace: "weft-system".into(),
         }
     }
 }
@@ -54,6 +67,7 @@ pub struct Model {
     pub workload_entries: BTreeMap<ObjectRef, Object<WorkloadEntry>>,
     pub virtual_services: BTreeMap<ObjectRef, Object<VirtualService>>,
     pub destination_rules: BTreeMap<ObjectRef, Object<DestinationRule>>,
+    pub peer_authentications: BTreeMap<ObjectRef, Object<PeerAuthentication>>,
 }
 
 impl Model {
@@ -78,6 +92,9 @@ impl Model {
             }
             Resource::DestinationRule(o) => {
                 self.destination_rules.insert(o.id.clone(), o);
+            }
+            Resource::PeerAuthentication(o) => {
+                self.peer_authentications.insert(o.id.clone(), o);
             }
         }
     }
@@ -108,6 +125,12 @@ impl Model {
                 .values()
                 .cloned()
                 .map(Resource::DestinationRule),
+        );
+        out.extend(
+            self.peer_authentications
+                .values()
+                .cloned()
+                .map(Resource::PeerAuthentication),
         );
         out
     }
@@ -150,8 +173,9 @@ impl Model {
     }
 
     /// Cross-reference checks of one object against this model: destination hosts and
-    /// subsets of a VirtualService, the host of a DestinationRule. ServiceEntries and
-    /// WorkloadEntries refer to nothing that must exist.
+    /// subsets of a VirtualService, the host of a DestinationRule. ServiceEntries,
+    /// WorkloadEntries and PeerAuthentications refer to nothing that must exist (a
+    /// selector that matches no workload is not an error, as in Istio).
     pub fn check_references(&self, resource: &Resource) -> Vec<FieldError> {
         let mut errors = Vec::new();
         match resource {
@@ -169,7 +193,9 @@ impl Model {
                     self.check_destination(&mut errors, &path, dest, vs.namespace());
                 }
             }
-            Resource::ServiceEntry(_) | Resource::WorkloadEntry(_) => {}
+            Resource::ServiceEntry(_)
+            | Resource::WorkloadEntry(_)
+            | Resource::PeerAuthentication(_) => {}
         }
         errors
     }
@@ -257,9 +283,10 @@ pub(crate) fn destinations(vs: &VirtualService) -> Vec<(String, &crate::kinds::D
 
 /// Kinds in the order the index validates them: the registry first, then rules that refer
 /// to it, then routes that refer to both.
-pub(crate) const VALIDATION_ORDER: [Kind; 4] = [
+pub(crate) const VALIDATION_ORDER: [Kind; 5] = [
     Kind::ServiceEntry,
     Kind::WorkloadEntry,
     Kind::DestinationRule,
     Kind::VirtualService,
+    Kind::PeerAuthentication,
 ];

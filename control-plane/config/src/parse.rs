@@ -13,8 +13,8 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::diag::{Diagnostic, Kind, ObjectRef, Severity};
 use crate::kinds::{
-    DestinationRule, NETWORKING_API_VERSIONS, ObjectMeta, ServiceEntry, VirtualService,
-    WorkloadEntry,
+    DestinationRule, NETWORKING_API_VERSIONS, ObjectMeta, PeerAuthentication,
+    SECURITY_API_VERSIONS, ServiceEntry, VirtualService, WorkloadEntry,
 };
 use crate::validate::{self, FieldError};
 use crate::yaml::{self, Document, Positions, Untyped};
@@ -62,7 +62,7 @@ impl<T> Object<T> {
     }
 }
 
-/// A schema-valid object of one of the four kinds.
+/// A schema-valid object of one of the kinds Weft reads.
 // Variants differ in size, but resources are few and long-lived; boxing would only make
 // every match on them noisier.
 #[allow(clippy::large_enum_variant)]
@@ -72,6 +72,7 @@ pub enum Resource {
     WorkloadEntry(Object<WorkloadEntry>),
     VirtualService(Object<VirtualService>),
     DestinationRule(Object<DestinationRule>),
+    PeerAuthentication(Object<PeerAuthentication>),
 }
 
 impl Resource {
@@ -81,6 +82,7 @@ impl Resource {
             Resource::WorkloadEntry(o) => &o.id,
             Resource::VirtualService(o) => &o.id,
             Resource::DestinationRule(o) => &o.id,
+            Resource::PeerAuthentication(o) => &o.id,
         }
     }
 
@@ -90,6 +92,7 @@ impl Resource {
             Resource::WorkloadEntry(o) => &o.origin,
             Resource::VirtualService(o) => &o.origin,
             Resource::DestinationRule(o) => &o.origin,
+            Resource::PeerAuthentication(o) => &o.origin,
         }
     }
 
@@ -107,6 +110,9 @@ impl Resource {
                 a.id == b.id && a.metadata == b.metadata && a.spec == b.spec
             }
             (Resource::DestinationRule(a), Resource::DestinationRule(b)) => {
+                a.id == b.id && a.metadata == b.metadata && a.spec == b.spec
+            }
+            (Resource::PeerAuthentication(a), Resource::PeerAuthentication(b)) => {
                 a.id == b.id && a.metadata == b.metadata && a.spec == b.spec
             }
             _ => false,
@@ -131,11 +137,17 @@ pub struct Parsed {
 }
 
 /// Kinds that belong to Weft but arrive with a later capability.
-const LATER_KINDS: [&str; 3] = [
-    "AuthorizationPolicy",
-    "PeerAuthentication",
-    "RequestAuthentication",
-];
+const LATER_KINDS: [&str; 2] = ["AuthorizationPolicy", "RequestAuthentication"];
+
+/// The apiVersions a kind is read from: Weft's group and Istio's aliases.
+fn api_versions(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::PeerAuthentication => &SECURITY_API_VERSIONS,
+        Kind::ServiceEntry | Kind::WorkloadEntry | Kind::VirtualService | Kind::DestinationRule => {
+            &NETWORKING_API_VERSIONS
+        }
+    }
+}
 
 /// Parses every document of `text`. `file` is used only to label diagnostics and origins.
 pub fn parse_str(text: &str, file: Option<&Path>) -> Parsed {
@@ -389,10 +401,11 @@ fn parse_document(doc: &Document<'_>, ctx: &mut DocContext<'_, '_>) -> Outcome {
         }
     };
     ctx.object = Some(id.clone());
+    let versions = api_versions(kind);
     match api_version.as_deref() {
-        Some(v) if NETWORKING_API_VERSIONS.contains(&v) => {}
+        Some(v) if versions.contains(&v) => {}
         Some(v) => {
-            let list = NETWORKING_API_VERSIONS.join(", ");
+            let list = versions.join(", ");
             ctx.push(
                 Severity::Error,
                 "apiVersion",
@@ -428,6 +441,11 @@ fn parse_document(doc: &Document<'_>, ctx: &mut DocContext<'_, '_>) -> Outcome {
             spec.map_or_else(|| vec![spec_required()], validate::destination_rule)
         })
         .map(Resource::DestinationRule),
+        // `spec: {}` (or no spec) is a valid policy: mode UNSET, i.e. inherit.
+        Kind::PeerAuthentication => typed(doc, ctx, &id, origin, |spec| {
+            spec.map_or_else(Vec::new, validate::peer_authentication)
+        })
+        .map(Resource::PeerAuthentication),
     };
     match resource {
         Some(resource) => Outcome::Accepted(resource),

@@ -1,5 +1,6 @@
 //! Istio's conformance corpus (../shared/conformance, beside the repository): every sample
-//! is accepted, every invalid networking document is rejected naming the right field.
+//! is accepted, every invalid networking or PeerAuthentication document is rejected naming
+//! the right field.
 //!
 //! Files under istio-invalid/ from Istio's `testdata/crds/` carry a top-level `_err:` key
 //! (Istio's expected message); it is stripped before parsing, as Istio's own test does.
@@ -128,6 +129,27 @@ const INVALID: &[(&str, &[(&str, &str)])] = &[
             ("spec.ports", "Invalid value"),
         ],
     ),
+    (
+        "peerauth-invalid.yaml",
+        &[
+            ("spec.mtls.mode", "Unsupported value: \"BLAH\""),
+            ("spec.portLevelMtls.acd", "type conversion error"),
+            ("spec.portLevelMtls", "portLevelMtls requires selector"),
+            ("spec.portLevelMtls", "must have at least 1 entry"),
+            ("spec.portLevelMtls.0", "port must be between 1-65535"),
+            (
+                "spec.portLevelMtls.42949672",
+                "port must be between 1-65535",
+            ),
+        ],
+    ),
+    (
+        "security-v1beta1-PeerAuthentication-invalid.yaml",
+        &[
+            ("spec.portLevelMtls", "portLevelMtls requires selector"),
+            ("spec.portLevelMtls", "must have at least 1 entry"),
+        ],
+    ),
 ];
 
 fn strip_err(text: &str) -> String {
@@ -170,16 +192,68 @@ fn every_invalid_networking_document_is_rejected_naming_the_field() {
     }
 }
 
-/// Security kinds arrive with a later capability: skipped with a warning, never an error.
+/// Every document of a PeerAuthentication file is rejected, not only the first.
 #[test]
-fn invalid_security_documents_are_skipped_for_now() {
+fn every_invalid_peer_authentication_document_is_rejected() {
+    let path = corpus().join("istio-invalid/peerauth-invalid.yaml");
+    let parsed = parse_str(&strip_err(&read(&path)), Some(&path));
+    let mut rejected: Vec<String> = parsed.rejected.iter().map(|id| id.to_string()).collect();
+    rejected.sort();
+    assert_eq!(
+        rejected,
+        [
+            "PeerAuthentication default/bad-mode",
+            "PeerAuthentication default/bad-port",
+            "PeerAuthentication default/empty-port-level",
+            "PeerAuthentication default/high-port",
+            "PeerAuthentication default/port-level-global",
+            "PeerAuthentication default/zero-port",
+        ]
+    );
+}
+
+/// The PeerAuthentication samples (authn-policy-*, mtls-migration-*) are read, not skipped.
+#[test]
+fn peer_authentication_samples_are_read() {
+    let dir = corpus().join("istio-samples");
+    let mut read_count = 0;
+    for file in [
+        "authn-policy-01.yaml",
+        "authn-policy-02.yaml",
+        "authn-policy-03.yaml",
+        "authn-policy-04.yaml",
+        "authn-policy-05.yaml",
+        "mtls-migration-01.yaml",
+        "mtls-migration-02.yaml",
+    ] {
+        let path = dir.join(file);
+        let parsed = parse_str(&read(&path), Some(&path));
+        assert!(
+            parsed.diagnostics.is_empty(),
+            "{file}: {:?}",
+            parsed.diagnostics
+        );
+        assert!(
+            parsed
+                .resources
+                .iter()
+                .all(|r| matches!(r, weft_config::Resource::PeerAuthentication(_))),
+            "{file}"
+        );
+        read_count += parsed.resources.len();
+    }
+    assert_eq!(read_count, 7);
+}
+
+/// AuthorizationPolicy arrives with a later capability: skipped with a warning, never an
+/// error.
+#[test]
+fn invalid_authorization_documents_are_skipped_for_now() {
     let dir = corpus().join("istio-invalid");
     for file in [
         "authz-invalid.yaml",
-        "peerauth-invalid.yaml",
         "security-v1-AuthorizationPolicy-invalid.yaml",
         "security-v1beta1-AuthorizationPolicy-invalid.yaml",
-        "security-v1beta1-PeerAuthentication-invalid.yaml",
     ] {
         let path = dir.join(file);
         let parsed = parse_str(&strip_err(&read(&path)), Some(&path));

@@ -214,3 +214,49 @@ fn duplicate_objects_in_one_file() {
             .contains("defined twice in this file (first at line 1)")
     );
 }
+
+#[test]
+fn peer_authentication_api_versions_and_typos() {
+    let text = "\
+apiVersion: networking.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: wrong-group}
+spec: {}
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: typo, namespace: shop}
+spec:
+  mtls: {mod: STRICT}
+---
+apiVersion: security.weft.dev/v1
+kind: PeerAuthentication
+metadata: {name: ok, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  portLevelMtls: {8080: {mode: DISABLE}}
+";
+    let parsed = parse_str(text, Some(Path::new("pa.yaml")));
+    let got = render(&parsed.diagnostics);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got[0].starts_with("pa.yaml:1:")
+            && got[0]
+                .contains("PeerAuthentication default/wrong-group: apiVersion: Unsupported value")
+            && got[0].contains("security.istio.io/v1beta1"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[1].starts_with("pa.yaml:10:")
+            && got[1].contains("PeerAuthentication shop/typo: spec.mtls")
+            && got[1].contains("mod"),
+        "{}",
+        got[1]
+    );
+    assert_eq!(parsed.resources.len(), 1);
+    let Resource::PeerAuthentication(pa) = &parsed.resources[0] else {
+        panic!("expected a PeerAuthentication");
+    };
+    assert_eq!(pa.spec.port_level().get(&8080), Some(&Some("DISABLE")));
+}

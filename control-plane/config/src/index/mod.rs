@@ -64,6 +64,18 @@ impl Index {
         }
     }
 
+    /// Replaces the mesh settings (e.g. a new trust bundle during a root rotation) and
+    /// republishes the model; a real change bumps the generation, so every proxy gets it.
+    pub fn set_settings(&mut self, settings: MeshSettings) {
+        self.settings = settings;
+        self.recompute();
+    }
+
+    /// The current mesh settings.
+    pub fn settings(&self) -> &MeshSettings {
+        &self.settings
+    }
+
     /// The effective model: every accepted object.
     pub fn model(&self) -> Arc<Model> {
         self.model.clone()

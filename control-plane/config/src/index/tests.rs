@@ -256,3 +256,18 @@ fn short_names_resolve_in_the_object_namespace() {
     let dr = dr.replace("host: reviews", "host: reviews.default.svc.cluster.local");
     assert!(errors(&index.apply_file(Path::new("dr.yaml"), &dr)).is_empty());
 }
+
+#[test]
+fn new_settings_are_a_new_generation() {
+    let mut index = Index::new(MeshSettings::default());
+    let generation = index.generation();
+    index.set_settings(MeshSettings::default());
+    assert_eq!(index.generation(), generation, "same settings: no change");
+    index.set_settings(MeshSettings {
+        trust_bundle: vec!["-----BEGIN CERTIFICATE-----\nnew root\n".into()],
+        ..MeshSettings::default()
+    });
+    assert_eq!(index.generation(), generation + 1);
+    assert_eq!(index.model().settings.trust_bundle.len(), 1);
+    assert_eq!(index.settings().trust_bundle.len(), 1);
+}

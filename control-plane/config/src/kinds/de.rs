@@ -101,3 +101,71 @@ impl<'de> serde::Deserialize<'de> for IntValue {
         d.deserialize_any(IntVisitor).map(IntValue)
     }
 }
+
+/// Deserializes an optional map whose keys may be written as integers or strings
+/// (`portLevelMtls: {80: ..., "8080": ...}`), keeping each key's text. Present-but-empty
+/// stays `Some(empty)` so validation can tell it from absent.
+pub(crate) fn opt_key_map<'de, D, V>(
+    d: D,
+) -> Result<Option<std::collections::BTreeMap<String, V>>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: serde::Deserialize<'de>,
+{
+    struct M<V>(std::marker::PhantomData<V>);
+    impl<'de, V: serde::Deserialize<'de>> Visitor<'de> for M<V> {
+        type Value = Option<std::collections::BTreeMap<String, V>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of port numbers to settings")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = std::collections::BTreeMap::new();
+            while let Some(key) = map.next_key::<KeyText>()? {
+                let value = map.next_value::<V>()?;
+                out.insert(key.0, value);
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(M(std::marker::PhantomData))
+}
+
+/// A map key written as a string or a number, kept as text.
+struct KeyText(String);
+
+impl<'de> serde::Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct K;
+        impl Visitor<'_> for K {
+            type Value = String;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+        }
+        d.deserialize_any(K).map(KeyText)
+    }
+}

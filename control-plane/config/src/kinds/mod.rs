@@ -14,6 +14,7 @@
 
 mod common;
 mod destination_rule;
+mod peer_authentication;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
@@ -22,6 +23,7 @@ pub(crate) mod de;
 
 pub use common::*;
 pub use destination_rule::*;
+pub use peer_authentication::*;
 pub use service_entry::*;
 pub use virtual_service::*;
 pub use workload_entry::*;
@@ -32,4 +34,11 @@ pub const NETWORKING_API_VERSIONS: [&str; 4] = [
     "networking.istio.io/v1",
     "networking.istio.io/v1beta1",
     "networking.istio.io/v1alpha3",
+];
+
+/// API groups/versions accepted for the security kinds (PeerAuthentication).
+pub const SECURITY_API_VERSIONS: [&str; 3] = [
+    "security.weft.dev/v1",
+    "security.istio.io/v1",
+    "security.istio.io/v1beta1",
 ];

@@ -6,13 +6,17 @@
 //! `tests/golden.rs` pin the output.
 //!
 //! Output, by type (see mesh.proto for the semantics of each field):
-//! - `Mesh` "mesh": trust and DNS domains.
-//! - `Inbound` "inbound": the proxy's own WorkloadEntry (`<name>.<namespace>` node id), if any.
+//! - `Mesh` "mesh": trust and DNS domains, trust bundle.
+//! - `Inbound` "inbound": the proxy's own WorkloadEntry (`<name>.<namespace>` node id), if any,
+//!   with its PeerAuthentication resolved ([`mtls::resolve_peer_authentication`]).
 //! - `Service` per visible ServiceEntry host: aliases, ports, HTTP and TCP routes from the
 //!   VirtualService for that host, then default routes so that every request has a route.
-//! - `Cluster` per port and per DestinationRule subset: `outbound|<port>|<subset>|<fqdn>`.
+//! - `Cluster` per port and per DestinationRule subset: `outbound|<port>|<subset>|<fqdn>`,
+//!   with the DestinationRule's client TLS ([`mtls::upstream_tls`]) and the service's
+//!   expected identities (secure naming, [`mtls::service_identities`]).
 //! - `Endpoints` per cluster: the selected WorkloadEntries and inline endpoints.
 
+pub mod mtls;
 mod render;
 #[cfg(test)]
 mod tests;
@@ -26,8 +30,8 @@ use weft_api::type_url::{self, Resource as _};
 use crate::diag::{Kind, ObjectRef};
 use crate::host;
 use crate::kinds::{
-    self, DestinationRule, HttpMatchRequest, LoadBalancerSettings, ServiceEntry, VirtualService,
-    WorkloadEntry, labels_match,
+    self, DestinationRule, HttpMatchRequest, LoadBalancerSettings, PortTrafficPolicy, ServiceEntry,
+    TrafficPolicy, VirtualService, WorkloadEntry, labels_match,
 };
 use crate::model::Model;
 use crate::parse::Object;
@@ -150,7 +154,7 @@ pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
         mesh: mesh::Mesh {
             trust_domain: model.settings.trust_domain.clone(),
             dns_domain: model.settings.dns_domain.clone(),
-            ..Default::default()
+            trust_bundle: model.settings.trust_bundle.clone(),
         },
         inbound: cx.inbound(),
         ..Default::default()
@@ -158,6 +162,7 @@ pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
     for svc in cx.services.values() {
         out.services.push(cx.service(svc));
         let dr = cx.destination_rule(&svc.fqdn, svc.se.namespace());
+        let identities = cx.identities(svc);
         for port in &svc.ports {
             let mut subsets: Vec<(&str, Option<&kinds::Subset>)> = vec![("", None)];
             if let Some(dr) = dr {
@@ -174,7 +179,8 @@ pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
                     load_balancer: Some(mesh::LoadBalancer {
                         simple: load_balancer(dr.map(|d| &d.spec), subset, port.number) as i32,
                     }),
-                    ..Default::default()
+                    tls: Some(mtls::upstream_tls(dr.map(|d| &d.spec), subset, port.number)),
+                    identities: identities.clone(),
                 });
                 out.endpoints.push(mesh::Endpoints {
                     endpoints: cx.endpoints(svc, port, subset),
@@ -272,6 +278,24 @@ impl<'m> Cx<'m> {
             }
         }
         let sa = we.spec.service_account();
+        let peer = mtls::resolve_peer_authentication(
+            &settings.root_namespace,
+            we.namespace(),
+            &we.spec.labels,
+            self.model.peer_authentications.values(),
+        );
+        // Port-level modes only for ports the workload serves (the inbound proxy refuses
+        // the others anyway), so a policy on an unused port changes no resource.
+        let served: BTreeSet<u32> = ports
+            .values()
+            .map(|p| {
+                if p.target_port == 0 {
+                    p.number
+                } else {
+                    p.target_port
+                }
+            })
+            .collect();
         Some(mesh::Inbound {
             name: we.name().to_string(),
             namespace: we.namespace().to_string(),
@@ -280,7 +304,13 @@ impl<'m> Cx<'m> {
             service_account: sa.to_string(),
             identity: settings.spiffe_id(we.namespace(), sa),
             ports: ports.into_values().collect(),
-            ..Default::default()
+            mtls_mode: peer.mode as i32,
+            port_mtls: peer
+                .ports
+                .into_iter()
+                .filter(|(port, _)| served.contains(port))
+                .map(|(port, mode)| (port, mode as i32))
+                .collect(),
         })
     }
 
@@ -602,6 +632,28 @@ impl<'m> Cx<'m> {
             .map(|(_, dr)| dr)
     }
 
+    /// Secure naming for `svc`: the identities of the WorkloadEntries its ServiceEntry
+    /// selects (whatever their subset or port), plus the ServiceEntry's `subjectAltNames`.
+    fn identities(&self, svc: &Svc<'m>) -> Vec<String> {
+        let settings = &self.model.settings;
+        let spiffe: Vec<String> = match &svc.se.spec.workload_selector {
+            Some(selector) => self
+                .model
+                .workload_entries
+                .values()
+                .filter(|we| {
+                    we.namespace() == svc.se.namespace() && selector.matches(&we.spec.labels)
+                })
+                .map(|we| settings.spiffe_id(we.namespace(), we.spec.service_account()))
+                .collect(),
+            None => Vec::new(),
+        };
+        mtls::service_identities(
+            spiffe.iter().map(String::as_str),
+            &svc.se.spec.subject_alt_names,
+        )
+    }
+
     fn endpoints(
         &self,
         svc: &Svc<'m>,
@@ -772,31 +824,50 @@ fn protocol(name: Option<&str>) -> mesh::Protocol {
     }
 }
 
-/// The load balancer for one port of one subset: the DestinationRule's policy, then its
-/// port-level settings, then the subset's policy, then the subset's port-level settings,
-/// each overriding the one before when set (Istio's merge order).
-fn load_balancer(
-    dr: Option<&DestinationRule>,
-    subset: Option<&kinds::Subset>,
+/// One setting of a DestinationRule for one port of one subset: the rule's policy, then
+/// its port-level settings, then the subset's policy, then the subset's port-level
+/// settings, each overriding the one before when set (Istio's `MergeTrafficPolicy` order).
+/// `top` and `at_port` read the setting from a policy and from a port-level policy.
+fn pick_policy<'a, T>(
+    dr: Option<&'a DestinationRule>,
+    subset: Option<&'a kinds::Subset>,
     port: u32,
-) -> mesh::load_balancer::Simple {
+    top: impl Fn(&'a TrafficPolicy) -> Option<&'a T>,
+    at_port: impl Fn(&'a PortTrafficPolicy) -> Option<&'a T>,
+) -> Option<&'a T> {
     let policies = [
         dr.and_then(|d| d.traffic_policy.as_ref()),
         subset.and_then(|s| s.traffic_policy.as_ref()),
     ];
-    let mut chosen: Option<&LoadBalancerSettings> = None;
+    let mut chosen = None;
     for policy in policies.into_iter().flatten() {
-        if let Some(lb) = &policy.load_balancer {
-            chosen = Some(lb);
+        if let Some(value) = top(policy) {
+            chosen = Some(value);
         }
         let port_level = policy
             .port_level_settings
             .iter()
             .find(|p| p.port.as_ref().and_then(|p| p.number) == Some(i64::from(port)));
-        if let Some(lb) = port_level.and_then(|p| p.load_balancer.as_ref()) {
-            chosen = Some(lb);
+        if let Some(value) = port_level.and_then(&at_port) {
+            chosen = Some(value);
         }
     }
+    chosen
+}
+
+/// The load balancer for one port of one subset (precedence: [`pick_policy`]).
+fn load_balancer(
+    dr: Option<&DestinationRule>,
+    subset: Option<&kinds::Subset>,
+    port: u32,
+) -> mesh::load_balancer::Simple {
+    let chosen: Option<&LoadBalancerSettings> = pick_policy(
+        dr,
+        subset,
+        port,
+        |p| p.load_balancer.as_ref(),
+        |p| p.load_balancer.as_ref(),
+    );
     use mesh::load_balancer::Simple;
     match chosen.and_then(|lb| lb.simple.as_deref()) {
         Some("ROUND_ROBIN") => Simple::RoundRobin,

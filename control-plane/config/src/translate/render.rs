@@ -1,8 +1,8 @@
 //! A stable text form of a proxy's resources, for golden tests and `weftctl proxy-config`.
 //!
-//! The generated protobuf types have no serde support and their map fields are hash maps,
-//! whose `Debug` order changes from run to run; this renders every message to JSON by
-//! hand, with maps sorted, after decoding the packed `Any`s (so the packing is checked too).
+//! The generated protobuf types have no serde support; this renders every message to JSON
+//! by hand, with maps sorted, after decoding the packed `Any`s (so the packing is checked
+//! too).
 
 use std::collections::BTreeMap;
 
@@ -43,7 +43,15 @@ fn sorted<'a, V: 'a>(
 }
 
 fn mesh_json(m: &mesh::Mesh) -> Value {
-    json!({ "trust_domain": m.trust_domain, "dns_domain": m.dns_domain })
+    json!({
+        "trust_domain": m.trust_domain,
+        "dns_domain": m.dns_domain,
+        "trust_bundle": m.trust_bundle,
+    })
+}
+
+fn mtls_mode(m: i32) -> &'static str {
+    mesh::MtlsMode::try_from(m).map_or("?", |m| m.as_str_name())
 }
 
 fn protocol(p: i32) -> &'static str {
@@ -68,7 +76,32 @@ fn inbound_json(i: &mesh::Inbound) -> Value {
         "service_account": i.service_account,
         "identity": i.identity,
         "ports": i.ports.iter().map(port_json).collect::<Vec<_>>(),
+        "mtls_mode": mtls_mode(i.mtls_mode),
+        "port_mtls": i.port_mtls.iter().map(|(port, mode)| (port.to_string(), json!(mtls_mode(*mode)))).collect::<Map<_, _>>(),
     })
+}
+
+/// The mode always; other fields only when set, to keep goldens readable.
+fn upstream_tls_json(tls: Option<&mesh::UpstreamTls>) -> Value {
+    let Some(tls) = tls else {
+        return Value::Null;
+    };
+    let mode = mesh::upstream_tls::Mode::try_from(tls.mode).map_or("?", |m| m.as_str_name());
+    let mut out = Map::new();
+    out.insert("mode".into(), json!(mode));
+    if !tls.sni.is_empty() {
+        out.insert("sni".into(), json!(tls.sni));
+    }
+    if !tls.subject_alt_names.is_empty() {
+        out.insert("subject_alt_names".into(), json!(tls.subject_alt_names));
+    }
+    if !tls.ca_certificates.is_empty() {
+        out.insert("ca_certificates".into(), json!(tls.ca_certificates));
+    }
+    if tls.insecure_skip_verify {
+        out.insert("insecure_skip_verify".into(), json!(true));
+    }
+    Value::Object(out)
 }
 
 fn string_match_json(m: &mesh::StringMatch) -> Value {
@@ -164,6 +197,8 @@ fn cluster_json(c: &mesh::Cluster) -> Value {
         "subset": c.subset,
         "protocol": protocol(c.protocol),
         "load_balancer": lb,
+        "tls": upstream_tls_json(c.tls.as_ref()),
+        "identities": c.identities,
     })
 }
 

@@ -81,3 +81,114 @@ fn targets_that_no_longer_resolve_are_dropped() {
     assert_eq!(index.model().virtual_services.len(), 1);
     assert_eq!(routes(&index), vec!["default"]);
 }
+
+const MESH_OF_TWO: &str = "\
+apiVersion: networking.weft.dev/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: team}
+spec:
+  hosts: [api]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: api}}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: api, namespace: team}
+spec: {address: 127.0.0.2, labels: {app: api}, serviceAccount: api}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: team}
+spec: {address: 127.0.0.3, labels: {app: client}}
+";
+
+#[test]
+fn settings_reach_the_mesh_and_the_root_namespace_is_configurable() {
+    let settings = MeshSettings {
+        trust_bundle: vec!["-----BEGIN CERTIFICATE-----\nroot\n".into()],
+        root_namespace: "istio-system".into(),
+        ..MeshSettings::default()
+    };
+    let mut index = Index::new(settings);
+    index.apply_file(std::path::Path::new("r.yaml"), MESH_OF_TWO);
+    index.apply_file(
+        std::path::Path::new("pa.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    let t = translate(&index.model(), &ProxyId::new("api", "team"));
+    assert_eq!(
+        t.mesh.trust_bundle,
+        vec!["-----BEGIN CERTIFICATE-----\nroot\n"]
+    );
+    let inbound = t.inbound.expect("api has a WorkloadEntry");
+    assert_eq!(inbound.mtls_mode, mesh::MtlsMode::Strict as i32);
+    // With the default root namespace (weft-system) the same policy is namespace-level
+    // for istio-system only.
+    let mut index = Index::new(MeshSettings::default());
+    index.apply_file(std::path::Path::new("r.yaml"), MESH_OF_TWO);
+    index.apply_file(
+        std::path::Path::new("pa.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    let t = translate(&index.model(), &ProxyId::new("api", "team"));
+    let inbound = t.inbound.expect("api has a WorkloadEntry");
+    assert_eq!(inbound.mtls_mode, mesh::MtlsMode::Permissive as i32);
+    assert!(t.mesh.trust_bundle.is_empty());
+}
+
+#[test]
+fn a_workload_policy_changes_only_the_inbound_of_the_workloads_it_selects() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply_file(std::path::Path::new("r.yaml"), MESH_OF_TWO);
+    let api = ProxyId::new("api", "team");
+    let client = ProxyId::new("client", "team");
+    let before = (
+        for_proxy(&index.model(), &api),
+        for_proxy(&index.model(), &client),
+    );
+    index.apply_file(
+        std::path::Path::new("pa.yaml"),
+        "apiVersion: security.weft.dev/v1\nkind: PeerAuthentication\nmetadata: {name: api, namespace: team}\nspec: {selector: {matchLabels: {app: api}}, mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: DISABLE}}}\n",
+    );
+    assert!(index.diagnostics().is_empty(), "{:?}", index.diagnostics());
+    let after = (
+        for_proxy(&index.model(), &api),
+        for_proxy(&index.model(), &client),
+    );
+    assert_eq!(before.1, after.1, "the client's resources must not change");
+    for (type_url, by_name) in &after.0.by_type {
+        if *type_url != type_url::INBOUND {
+            assert_eq!(Some(by_name), before.0.by_type.get(type_url), "{type_url}");
+        }
+    }
+    let inbound = translate(&index.model(), &api).inbound.expect("inbound");
+    assert_eq!(inbound.mtls_mode, mesh::MtlsMode::Strict as i32);
+    assert_eq!(
+        inbound.port_mtls,
+        [(8080, mesh::MtlsMode::Disable as i32)]
+            .into_iter()
+            .collect()
+    );
+    assert_ne!(before.0, after.0);
+}
+
+#[test]
+fn clusters_carry_identities_and_auto_tls_without_a_destination_rule() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply_file(std::path::Path::new("r.yaml"), MESH_OF_TWO);
+    let t = translate(&index.model(), &ProxyId::new("client", "team"));
+    let cluster = &t.clusters[0];
+    assert_eq!(cluster.name, "outbound|80||api.team.svc.cluster.local");
+    assert_eq!(
+        cluster.identities,
+        vec!["spiffe://cluster.local/ns/team/sa/api"]
+    );
+    assert_eq!(
+        cluster.tls,
+        Some(mesh::UpstreamTls {
+            mode: mesh::upstream_tls::Mode::Auto as i32,
+            ..Default::default()
+        })
+    );
+}

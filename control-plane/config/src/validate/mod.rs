@@ -1138,3 +1138,50 @@ fn client_tls(e: &mut Errors, path: &str, tls: Option<&ClientTlsSettings>) {
         _ => {}
     }
 }
+
+// === PeerAuthentication ===
+
+const MTLS_MODES: [&str; 4] = ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"];
+
+/// Validates a PeerAuthentication spec, as Istio's CRD rules and validation do: modes from
+/// the enum; `portLevelMtls` only with a selector that has labels, never empty, keyed by
+/// port numbers 1-65535.
+pub fn peer_authentication(pa: &PeerAuthentication) -> Vec<FieldError> {
+    let mut errors = Errors::default();
+    let e = &mut errors;
+    if let Some(selector) = &pa.selector {
+        check_labels(e, "spec.selector.matchLabels", &selector.match_labels, true);
+    }
+    if let Some(mtls) = &pa.mtls {
+        check_enum(e, "spec.mtls.mode", mtls.mode.as_ref(), &MTLS_MODES);
+    }
+    let Some(ports) = &pa.port_level_mtls else {
+        return errors.0;
+    };
+    if !pa.is_workload_level() {
+        // Istio's CEL rule: a port is a property of a workload, so a namespace- or
+        // mesh-wide policy cannot name one.
+        e.push(
+            "spec.portLevelMtls",
+            "portLevelMtls requires selector: set spec.selector.matchLabels, or move the port settings to a workload-level policy",
+        );
+    }
+    if ports.is_empty() {
+        e.push(
+            "spec.portLevelMtls",
+            "Invalid value: portLevelMtls, if set, must have at least 1 entry",
+        );
+    }
+    for (key, mtls) in ports {
+        let field = crate::yaml::join_key("spec.portLevelMtls", key);
+        match key.trim().parse::<i64>() {
+            Ok(port) => check_port(e, &field, port),
+            Err(_) => e.push(
+                &field,
+                format!("invalid port {key:?}: type conversion error, expected a port number"),
+            ),
+        }
+        check_enum(e, &format!("{field}.mode"), mtls.mode.as_ref(), &MTLS_MODES);
+    }
+    errors.0
+}

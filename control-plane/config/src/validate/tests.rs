@@ -135,3 +135,33 @@ fn export_to_entries() {
     let got = fields(errors.0);
     assert_eq!(got.len(), 2, "{got:?}");
 }
+
+fn pa(yaml: &str) -> PeerAuthentication {
+    serde_saphyr::from_str(yaml).expect("valid test YAML")
+}
+
+#[test]
+fn peer_authentication_rules() {
+    assert!(peer_authentication(&pa("{}")).is_empty());
+    assert!(
+        peer_authentication(&pa(
+            "{selector: {matchLabels: {app: a}}, mtls: {mode: STRICT}, portLevelMtls: {80: {mode: DISABLE}, '8080': {}}}"
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        fields(peer_authentication(&pa(
+            "{selector: {matchLabels: {}}, portLevelMtls: {80: {mode: strict}}}"
+        ))),
+        vec![
+            "spec.portLevelMtls: portLevelMtls requires selector: set spec.selector.matchLabels, or move the port settings to a workload-level policy",
+            "spec.portLevelMtls.80.mode: Unsupported value: \"strict\": supported values: \"UNSET\", \"DISABLE\", \"PERMISSIVE\", \"STRICT\"",
+        ]
+    );
+    assert_eq!(
+        fields(peer_authentication(&pa(
+            "{selector: {matchLabels: {app: '*'}}}"
+        ))),
+        vec!["spec.selector.matchLabels.app: wildcard is not supported in selector"]
+    );
+}
