@@ -31,10 +31,12 @@ pub struct ModelGenerator {
     model: watch::Receiver<Arc<Model>>,
 }
 
-/// The real store and generator for `args`.
-pub fn real(args: &Args) -> (IndexStore, Arc<dyn Generator>) {
+/// The real store and generator for `args`; `trust_bundle` (the CA's PEM roots) reaches
+/// every proxy as `Mesh.trust_bundle`.
+pub fn real(args: &Args, trust_bundle: Vec<String>) -> (IndexStore, Arc<dyn Generator>) {
     let settings = MeshSettings {
         trust_domain: args.trust_domain.clone(),
+        trust_bundle,
         ..MeshSettings::default()
     };
     let index = Index::new(settings);
@@ -107,7 +109,10 @@ spec:
 ";
 
     fn mk() -> (IndexStore, Arc<dyn Generator>) {
-        real(&Args::parse_from(["weft-control", "--config-dir", "."]))
+        real(
+            &Args::parse_from(["weft-control", "--config-dir", "."]),
+            vec!["ROOT".into()],
+        )
     }
 
     #[test]
@@ -131,6 +136,15 @@ spec:
         assert!(diags[0].text.starts_with("we.yaml:5:"), "{}", diags[0].text);
         assert_eq!(diags[0].field, "spec.bogus");
         assert_eq!(store.diagnostics(), diags);
+    }
+
+    #[test]
+    fn the_ca_roots_reach_proxies_in_mesh() {
+        use weft_api::type_url::{MESH, MESH_NAME, Resource as _};
+        let (_, generator) = mk();
+        let generated = generator.generate("anyone.default").unwrap();
+        let mesh = weft_api::mesh::Mesh::from_any(&generated[MESH][MESH_NAME]).unwrap();
+        assert_eq!(mesh.trust_bundle, vec!["ROOT".to_string()]);
     }
 
     #[test]

@@ -116,4 +116,21 @@ fn flags_have_the_documented_defaults() {
     assert_eq!(args.debounce_ms, 100);
     assert_eq!(args.trust_domain, "cluster.local");
     assert_eq!(args.log, "info");
+    assert!(!args.plaintext_xds);
+    assert_eq!(
+        args.cert_lifetime,
+        std::time::Duration::from_secs(24 * 3600)
+    );
+    assert_eq!(args.ca_dir(), Path::new("x/.weft/ca"));
+    assert_eq!(args.token_dir(), Path::new("x/.weft/tokens"));
+    assert_eq!(args.plugin_ca_dir, None);
+}
+
+#[test]
+fn cert_lifetime_accepts_short_values_and_refuses_nonsense() {
+    let parse =
+        |v: &str| Args::try_parse_from(["weft-control", "--config-dir", "x", "--cert-lifetime", v]);
+    assert_eq!(parse("5s").unwrap().cert_lifetime.as_secs(), 5);
+    assert_eq!(parse("90m").unwrap().cert_lifetime.as_secs(), 5400);
+    assert!(parse("soon").is_err());
 }

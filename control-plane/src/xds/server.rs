@@ -1,11 +1,16 @@
 //! The ADS gRPC service: moves messages between a proxy's stream, the pure protocol state
 //! ([`super::stream`]) and the proxy's snapshot in the [`Cache`]. It decides nothing itself.
 //!
+//! With TLS ([`Transport::Tls`]) a stream must present a client certificate whose SPIFFE ID
+//! may read the node it names ([`super::auth`]); the CA service shares the listener.
+//!
 //! One task per stream waits on whichever comes first: a request from the proxy, a new snapshot
 //! for the proxy, or shutdown (which ends the stream with `UNAVAILABLE`, so proxies reconnect to
 //! another replica or to this one after a restart).
 
 use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +24,9 @@ use weft_api::discovery::{
 };
 use weft_api::type_url::short_name;
 
+use crate::ca::server::CaServer;
+
+use super::auth;
 use super::cache::{Cache, Subscription};
 use super::stream::{DeltaStream, Event, Nonces, Protocol, SotwStream};
 use super::syncz::SyncRegistry;
@@ -37,6 +45,8 @@ pub struct AdsServer {
     syncz: Arc<SyncRegistry>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Whether a stream must prove, by client certificate, that it may read its node.
+    client_auth: bool,
 }
 
 impl AdsServer {
@@ -52,7 +62,15 @@ impl AdsServer {
             syncz,
             metrics,
             shutdown,
+            client_auth: false,
         }
+    }
+
+    /// Requires every stream to present a client certificate whose identity may read the node
+    /// it asks for ([`auth::authorize`]). Only meaningful behind TLS.
+    pub fn require_client_certs(mut self) -> Self {
+        self.client_auth = true;
+        self
     }
 
     /// The tonic service, ready to add to a `Server`.
@@ -63,8 +81,21 @@ impl AdsServer {
     /// Reads the first request, which must name the node, and subscribes it.
     async fn open<P: Protocol>(
         &self,
+        peer: Option<Arc<Vec<CertificateDer<'static>>>>,
         inbound: &mut Streaming<P::Req>,
     ) -> Result<(P::Req, Subscription), Status> {
+        // Before reading anything: a stream without a certificate gets nothing, not even a
+        // config generation.
+        let peer = if self.client_auth {
+            Some(
+                auth::peer_identity(peer.as_deref().map(Vec::as_slice)).map_err(|e| {
+                    tracing::warn!(reason = %e, "xDS stream refused");
+                    Status::unauthenticated(e.to_string())
+                })?,
+            )
+        } else {
+            None
+        };
         // A proxy that opens a stream and says nothing must not hold up shutdown: the server
         // waits for open streams to end.
         let first = tokio::select! {
@@ -87,7 +118,14 @@ impl AdsServer {
             .await
             .map_err(|_| Status::internal("config generation failed"))?
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        tracing::info!(node = %node_id, stream = P::KIND, "proxy connected");
+        if let Some(peer) = &peer {
+            // Dropping `sub` on refusal forgets the node again if no one else holds it.
+            auth::authorize(peer, &node_id, &sub.current()).map_err(|e| {
+                tracing::warn!(node = %node_id, reason = %e, "xDS stream refused");
+                Status::permission_denied(e.to_string())
+            })?;
+        }
+        tracing::info!(node = %node_id, stream = P::KIND, peer = ?peer.as_ref().map(ToString::to_string), "proxy connected");
         Ok((first, sub))
     }
 
@@ -224,8 +262,9 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.peer_certs();
         let mut inbound = request.into_inner();
-        let (first, sub) = self.open::<SotwStream>(&mut inbound).await?;
+        let (first, sub) = self.open::<SotwStream>(peer, &mut inbound).await?;
         let proto = SotwStream::new(Nonces::random());
         Ok(Response::new(self.spawn(proto, first, inbound, sub)))
     }
@@ -234,24 +273,86 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.peer_certs();
         let mut inbound = request.into_inner();
-        let (first, sub) = self.open::<DeltaStream>(&mut inbound).await?;
+        let (first, sub) = self.open::<DeltaStream>(peer, &mut inbound).await?;
         let proto = DeltaStream::new(Nonces::random());
         Ok(Response::new(self.spawn(proto, first, inbound, sub)))
     }
 }
 
-/// Serves ADS on `listener` until `shutdown`. TLS (with the identity work) will wrap the
-/// accepted connections here, and only here.
+/// How the gRPC listener talks to clients.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Plaintext h2c: the spine's transport, kept behind `--plaintext-xds` for tests.
+    Plaintext,
+    /// TLS with the given server config ([`super::tls::server_config`]).
+    Tls(Arc<rustls::ServerConfig>),
+}
+
+/// The gRPC services of the control channel.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub ads: AdsServer,
+    /// The mesh CA; `None` serves ADS alone.
+    pub ca: Option<CaServer>,
+}
+
+/// Serves plaintext ADS alone on `listener` until `shutdown` (the spine's API, kept for tests
+/// that do not need TLS).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: AdsServer,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let graceful = tonic::transport::Server::builder()
-        .add_service(server.into_service())
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let services = Services {
+        ads: server,
+        ca: None,
+    };
+    serve_grpc(listener, services, Transport::Plaintext, shutdown).await
+}
+
+/// Serves ADS and the CA on `listener` until `shutdown`. The one place the control channel's
+/// transport is decided: TLS wraps accepted connections here and only here.
+pub async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    services: Services,
+    transport: Transport,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let router = tonic::transport::Server::builder()
+        .add_service(services.ads.into_service())
+        .add_optional_service(services.ca.map(CaServer::into_service));
+    match transport {
+        Transport::Plaintext => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            run(router, incoming, shutdown).await
+        }
+        Transport::Tls(config) => {
+            let incoming = super::tls::incoming(listener, config, shutdown.clone());
+            run(router, incoming, shutdown).await
+        }
+    }
+}
+
+async fn run<I, IO, IE>(
+    router: tonic::transport::server::Router,
+    incoming: I,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error>
+where
+    I: futures::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful =
+        router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     // Graceful shutdown waits for every response to be written; a proxy that stopped reading
     // would make it wait forever, so after a grace period the connections are dropped.
     tokio::select! {
