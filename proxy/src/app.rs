@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::inbound::Inbound;
+use crate::identity::{
+    CertStore, GrpcCaClient, MeshTls, RetryPolicy, Rotator, TokenFile, Trust, TrustBundle,
+};
+use crate::inbound::{Inbound, InboundAccept};
 use crate::model::SharedSnapshot;
 use crate::outbound::{Outbound, Workload};
 use crate::telemetry::Metrics;
@@ -36,6 +39,21 @@ pub struct Config {
     pub admin_port: u16,
     /// How long in-flight requests get to finish on shutdown.
     pub drain: Duration,
+    /// mTLS bootstrap; `None` runs without identity (plaintext, issue 2 behaviour).
+    pub identity: Option<IdentityConfig>,
+}
+
+/// Where the proxy's identity comes from.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// PEM root(s) of the control plane and the initial trust bundle.
+    pub ca_root: std::path::PathBuf,
+    /// `{"token", "identity", "node_id"}` written by `weftctl up`.
+    pub token_file: std::path::PathBuf,
+    /// The CA's `host:port` (defaults to the xDS address).
+    pub ca_addr: String,
+    /// Requested certificate lifetime; zero: the CA's default.
+    pub cert_validity: Duration,
 }
 
 /// The three bound listeners. Binding is separate from running so failures are reported
@@ -75,6 +93,8 @@ pub struct DataPlaneParams {
     pub metrics: Arc<Metrics>,
     pub workload: Workload,
     pub app_address: IpAddr,
+    /// mTLS for the mesh hop (both directions); `None`: plaintext only.
+    pub tls: Option<Arc<MeshTls>>,
 }
 
 /// Starts serving on already-bound listeners; returns at once.
@@ -85,7 +105,14 @@ pub fn spawn_data_plane(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<DataPlane> {
-    let connector = Connector::default();
+    let connector = Connector::with_tls(
+        Duration::from_secs(5),
+        params
+            .tls
+            .clone()
+            .map(|t| t as Arc<dyn crate::transport::MeshClientTls>),
+        Some(params.metrics.clone()),
+    );
     let dp = DataPlane {
         outbound_addr: outbound.local_addr()?,
         inbound_addr: inbound.local_addr()?,
@@ -98,6 +125,15 @@ pub fn spawn_data_plane(
         connector: connector.clone(),
         metrics: params.metrics.clone(),
         workload: params.workload,
+        mtls: params.tls.is_some(),
+    });
+    let accept = Arc::new(InboundAccept {
+        snapshot: params.snapshot.clone(),
+        tls: params
+            .tls
+            .clone()
+            .map(|t| t as Arc<dyn crate::transport::MeshServerTls>),
+        metrics: params.metrics.clone(),
     });
     let inb = Arc::new(Inbound {
         snapshot: params.snapshot,
@@ -112,12 +148,14 @@ pub fn spawn_data_plane(
         shutdown.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(transport::serve(
+    tracker.spawn(transport::serve_tls(
         inbound,
         inb,
+        accept,
         dp.inbound_stats.clone(),
         shutdown.clone(),
         tracker.clone(),
+        transport::ServerTimeouts::default(),
     ));
     Ok(dp)
 }
@@ -134,6 +172,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         ..Default::default()
     });
 
+    let ident = match &cfg.identity {
+        Some(ic) => Some(start_identity(ic, &cfg, &snapshot, &metrics, &shutdown)?),
+        None => {
+            tracing::warn!(
+                "RUNNING WITHOUT IDENTITY: no --ca-root given, so xDS and the mesh hop are \
+                 PLAINTEXT and peers are not authenticated. This mode is for the transition \
+                 only and will be removed."
+            );
+            None
+        }
+    };
+
     let tracker = TaskTracker::new();
     let dp = spawn_data_plane(
         listeners.outbound,
@@ -143,24 +193,44 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             metrics: metrics.clone(),
             workload: Workload::from_node_id(&cfg.node_id),
             app_address: cfg.app_address,
+            tls: ident.as_ref().map(|i| i.tls.clone()),
         },
         &shutdown,
         &tracker,
     )
     .context("starting the data plane")?;
 
+    let transport = match &ident {
+        Some(i) => {
+            let store = i.tls.store().clone();
+            GrpcTransport::with_tls(
+                cfg.xds_addr.clone(),
+                i.ca_root_pem.clone(),
+                Arc::new(move || store.tonic_identity()),
+            )
+        }
+        None => GrpcTransport::plaintext(cfg.xds_addr.clone()),
+    };
     let client = XdsClient::new(
-        GrpcTransport {
-            addr: cfg.xds_addr.clone(),
-        },
+        transport,
         cfg.xds_mode,
         xds::node(&cfg.node_id),
         Applier::new(snapshot.clone()),
         status_tx,
         metrics.clone(),
     );
-    // The xDS client is not tracked: it has nothing to drain.
-    tokio::spawn(client.run(shutdown.clone()));
+    // The xDS client is not tracked: it has nothing to drain. With an identity it waits
+    // (briefly) for the first certificate, so the control plane can authenticate the stream
+    // by it; if the CA is slow, xDS starts without and presents it on its next reconnect.
+    let first_cert = ident.as_ref().map(|i| i.tls.store().subscribe());
+    let xds_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Some(mut rx) = first_cert {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some)).await;
+        }
+        client.run(xds_shutdown).await;
+    });
 
     tracker.spawn(admin::serve(
         listeners.admin,
@@ -169,6 +239,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             snapshot,
             xds: status_rx,
             metrics,
+            cert: ident.as_ref().map(|i| i.tls.store().subscribe()),
         },
         shutdown.clone(),
     ));
@@ -187,4 +258,49 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         tracing::info!(drain = ?cfg.drain, "drain period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// The identity side of a running proxy.
+struct RunningIdentity {
+    tls: Arc<MeshTls>,
+    ca_root_pem: String,
+}
+
+/// Reads the bootstrap files, then starts the rotation loop (which gets the first certificate).
+fn start_identity(
+    ic: &IdentityConfig,
+    cfg: &Config,
+    snapshot: &SharedSnapshot,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RunningIdentity> {
+    let ca_root_pem = std::fs::read_to_string(&ic.ca_root)
+        .with_context(|| format!("reading --ca-root {}", ic.ca_root.display()))?;
+    let bundle = TrustBundle::from_pems(&[ca_root_pem.as_str()])
+        .map_err(|e| anyhow::anyhow!("--ca-root {}: {e}", ic.ca_root.display()))?;
+    let (token, id) = TokenFile::read(&ic.token_file)?;
+    if !token.node_id.is_empty() && token.node_id != cfg.node_id {
+        anyhow::bail!(
+            "token file {} is for node {:?}, but this proxy is --node-id {:?}",
+            ic.token_file.display(),
+            token.node_id,
+            cfg.node_id
+        );
+    }
+    let store = CertStore::default();
+    let trust = Arc::new(Trust::new(bundle, snapshot.clone()));
+    let tls = Arc::new(MeshTls::new(store.clone(), trust).context("building TLS configs")?);
+    let ca = GrpcCaClient::new(&ic.ca_addr, &ca_root_pem, token.token.clone())
+        .map_err(|e| anyhow::anyhow!("CA client: {e}"))?;
+    tracing::info!(identity = %id, ca = %ic.ca_addr, "requesting a certificate");
+    let rotator = Rotator {
+        ca,
+        id,
+        store,
+        metrics: metrics.clone(),
+        retry: RetryPolicy::default(),
+        validity: ic.cert_validity,
+    };
+    tokio::spawn(rotator.run(shutdown.clone()));
+    Ok(RunningIdentity { tls, ca_root_pem })
 }

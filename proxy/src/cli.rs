@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, Config};
+use crate::app::{self, Config, IdentityConfig};
 use crate::xds::Mode;
 
 #[derive(Debug, Parser)]
@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar for one workload.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the pod's iptables rules (not in this release).
     Init,
 }
@@ -58,6 +58,20 @@ pub struct RunArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 2)]
     pub drain_seconds: u64,
+    /// PEM root(s) the control plane's certificate chains to (server name "weft-control"),
+    /// also the trust bundle until xDS sends one. Without it the proxy runs WITHOUT
+    /// identity: plaintext xDS and mesh hop (transitional; to be removed).
+    #[arg(long, env = "WEFT_CA_ROOT", requires = "token_file")]
+    pub ca_root: Option<std::path::PathBuf>,
+    /// JSON {"token", "identity", "node_id"} proving this workload's identity to the CA.
+    #[arg(long, env = "WEFT_TOKEN_FILE", requires = "ca_root")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The CA's host:port; defaults to --xds-addr (both are served on 15012).
+    #[arg(long, env = "WEFT_CA_ADDR")]
+    pub ca_addr: Option<String>,
+    /// Requested certificate lifetime in seconds; 0 takes the CA's default.
+    #[arg(long, env = "WEFT_CERT_VALIDITY_SECONDS", default_value_t = 0)]
+    pub cert_validity_seconds: u64,
 }
 
 impl RunArgs {
@@ -72,6 +86,18 @@ impl RunArgs {
             inbound_port: self.inbound_port,
             admin_port: self.admin_port,
             drain: Duration::from_secs(self.drain_seconds),
+            identity: match (&self.ca_root, &self.token_file) {
+                (Some(ca_root), Some(token_file)) => Some(IdentityConfig {
+                    ca_root: ca_root.clone(),
+                    token_file: token_file.clone(),
+                    ca_addr: self
+                        .ca_addr
+                        .clone()
+                        .unwrap_or_else(|| self.xds_addr.clone()),
+                    cert_validity: Duration::from_secs(self.cert_validity_seconds),
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -98,6 +124,9 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
 }
 
 fn run(args: &RunArgs) -> ExitCode {
+    // One crypto provider for every rustls user (tonic included); an error means one is
+    // already installed (weftctl runs us in-process), which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -223,6 +252,46 @@ mod tests {
             (cfg.outbound_port, cfg.inbound_port, cfg.admin_port),
             (1, 2, 3)
         );
+    }
+
+    #[test]
+    fn identity_flags() {
+        let base = [
+            "run",
+            "--node-id",
+            "a.b",
+            "--address",
+            "127.0.0.3",
+            "--xds-addr",
+            "cp:15012",
+        ];
+        let Command::Run(a) = parse(&base).unwrap().command else {
+            panic!("not run")
+        };
+        assert!(a.config().identity.is_none(), "no --ca-root: no identity");
+
+        let mut args = base.to_vec();
+        args.extend(["--ca-root", "/r.pem", "--token-file", "/t.json"]);
+        let Command::Run(a) = parse(&args).unwrap().command else {
+            panic!("not run")
+        };
+        let id = a.config().identity.unwrap();
+        assert_eq!(id.ca_addr, "cp:15012", "the CA defaults to the xDS address");
+        assert_eq!(id.cert_validity, Duration::ZERO);
+
+        args.extend(["--ca-addr", "ca:1", "--cert-validity-seconds", "5"]);
+        let Command::Run(a) = parse(&args).unwrap().command else {
+            panic!("not run")
+        };
+        let id = a.config().identity.unwrap();
+        assert_eq!(
+            (id.ca_addr.as_str(), id.cert_validity.as_secs()),
+            ("ca:1", 5)
+        );
+
+        let mut half = base.to_vec();
+        half.extend(["--ca-root", "/r.pem"]);
+        assert!(parse(&half).is_err(), "--ca-root needs --token-file");
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub enum ErrorKind {
     PortNotServed,
     /// Inbound: no workload config has arrived yet.
     NotReady,
+    /// The TLS handshake to the peer proxy failed (unknown issuer, expired, no certificate...).
+    UpstreamTlsFailed,
+    /// The peer proxy presented a SPIFFE ID outside the identities expected (secure naming).
+    UpstreamIdentityMismatch,
+    /// Inbound: plaintext to a port whose PeerAuthentication mode is STRICT.
+    MtlsRequired,
+    /// Inbound: mTLS to a port whose PeerAuthentication mode is DISABLE.
+    MtlsDisabled,
 }
 
 /// Who is to blame, for logs and (later) retry and breaker decisions.
@@ -67,6 +75,10 @@ impl ErrorKind {
             Self::UpstreamReset => "upstream-reset",
             Self::PortNotServed => "port-not-served",
             Self::NotReady => "not-ready",
+            Self::UpstreamTlsFailed => "upstream-tls-failed",
+            Self::UpstreamIdentityMismatch => "upstream-identity-mismatch",
+            Self::MtlsRequired => "mtls-required",
+            Self::MtlsDisabled => "mtls-disabled",
         }
     }
 
@@ -77,7 +89,10 @@ impl ErrorKind {
             Self::NoCluster
             | Self::NoHealthyUpstream
             | Self::UpstreamConnectFailed
-            | Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::NotReady
+            | Self::UpstreamTlsFailed
+            | Self::UpstreamIdentityMismatch => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MtlsRequired | Self::MtlsDisabled => StatusCode::FORBIDDEN,
             Self::UpstreamReset => StatusCode::BAD_GATEWAY,
         }
     }
@@ -86,9 +101,12 @@ impl ErrorKind {
         match self {
             Self::BadRequest => Origin::Downstream,
             Self::NoRoute | Self::NoCluster | Self::PortNotServed => Origin::Policy,
-            Self::NoHealthyUpstream | Self::UpstreamConnectFailed | Self::UpstreamReset => {
-                Origin::Upstream
-            }
+            Self::NoHealthyUpstream
+            | Self::UpstreamConnectFailed
+            | Self::UpstreamReset
+            | Self::UpstreamTlsFailed
+            | Self::UpstreamIdentityMismatch => Origin::Upstream,
+            Self::MtlsRequired | Self::MtlsDisabled => Origin::Policy,
             Self::NotReady => Origin::Internal,
         }
     }

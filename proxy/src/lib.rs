@@ -3,6 +3,8 @@
 //! Config path: `xds` (ADS client) -> `model::Snapshot` published on a `watch` channel.
 //! Request path: `outbound` (the app's explicit proxy, local mode) -> `routing` (pure) ->
 //! `transport` (mesh hop to the peer's `inbound`, or plain upstream) -> `inbound` -> app.
+//! Identity path: `identity` (key, CSR, CA, rotation, rustls configs) feeds the mesh hop's
+//! mTLS and the xDS channel's client certificate.
 //! `app` wires them together; `cli` is the command line.
 
 pub mod admin;
@@ -10,6 +12,7 @@ pub mod app;
 pub mod body;
 pub mod cli;
 pub mod errors;
+pub mod identity;
 pub mod inbound;
 pub mod model;
 pub mod outbound;

@@ -147,6 +147,8 @@ fn add_service(parts: &mut Parts, name: &str, svc_port: u16, ep: Endpoint) {
             subset: "v1".into(),
             protocol: Protocol::Http,
             lb: LbPolicy::RoundRobin,
+            tls: UpstreamTlsMode::Auto,
+            identities: vec![],
         }),
     );
     parts.endpoints.insert(cluster, Arc::from(vec![ep]));
@@ -176,6 +178,8 @@ async fn start_mesh() -> Mesh {
             service_account: "reviews".into(),
             identity: String::new(),
             ports: vec![port(app_addr.port()), port(echo_addr.port())],
+            mtls_mode: MtlsMode::Permissive,
+            port_mtls: BTreeMap::new(),
         })),
         ..Default::default()
     };
@@ -204,6 +208,7 @@ async fn start_mesh() -> Mesh {
             metrics: metrics.clone(),
             workload: Workload::from_node_id("productpage.default"),
             app_address: "127.0.0.1".parse().unwrap(),
+            tls: None,
         },
         &shutdown,
         &TaskTracker::new(),
@@ -259,7 +264,7 @@ async fn http1_absolute_form_rides_the_mesh_hop() {
     // One proxy plays both ends here, so the source is its own Inbound workload.
     let metrics = m.metrics.encode();
     assert!(
-        metrics.contains(r#"direction="outbound",source_workload="reviews-v1",source_namespace="default",destination_service="reviews.default.svc.cluster.local",destination_workload="reviews-v1",destination_subset="v1",response_code="200""#),
+        metrics.contains(r#"direction="outbound",source_workload="reviews-v1",source_namespace="default",destination_service="reviews.default.svc.cluster.local",destination_workload="reviews-v1",destination_subset="v1",source_principal="",response_code="200""#),
         "{metrics}"
     );
 }
@@ -417,6 +422,7 @@ async fn connect_failure_is_a_readable_503() {
             metrics: Arc::new(Metrics::new()),
             workload: Workload::from_node_id("a.default"),
             app_address: "127.0.0.1".parse().unwrap(),
+            tls: None,
         },
         &shutdown,
         &TaskTracker::new(),

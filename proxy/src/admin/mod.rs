@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::{CertInfo, Certified};
 use crate::model::{Cluster, Inbound, Mesh, Service, SharedSnapshot};
 use crate::telemetry::Metrics;
 use crate::xds::XdsStatus;
@@ -24,6 +25,9 @@ pub struct AdminState {
     pub snapshot: SharedSnapshot,
     pub xds: watch::Receiver<XdsStatus>,
     pub metrics: Arc<Metrics>,
+    /// The proxy's certificate; `None` when it runs without identity (then `/ready` does not
+    /// wait for one).
+    pub cert: Option<watch::Receiver<Option<Arc<Certified>>>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -48,13 +52,23 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 
 async fn ready(State(s): State<AdminState>) -> Response {
     let status = s.xds.borrow().clone();
-    if status.complete {
+    let no_cert = s.cert.as_ref().is_some_and(|c| c.borrow().is_none());
+    if status.complete && !no_cert {
         (StatusCode::OK, "ready\n").into_response()
     } else {
+        let mut waiting = Vec::new();
+        if !status.complete {
+            waiting.push(format!(
+                "the first config from the control plane (types not yet received: {})",
+                status.waiting_for.join(", ")
+            ));
+        }
+        if no_cert {
+            waiting.push("a certificate from the CA".to_string());
+        }
         let body = format!(
-            "not ready: waiting for the first config from the control plane (types not yet \
-             received: {}){}\n",
-            status.waiting_for.join(", "),
+            "not ready: waiting for {}{}\n",
+            waiting.join(" and "),
             status
                 .last_error
                 .map(|e| format!("; last error: {e}"))
@@ -79,6 +93,10 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 #[derive(Debug, Serialize)]
 pub struct ConfigDump<'a> {
     pub node_id: &'a str,
+    /// The certificate in use (identity, serial, validity; never the key). Absent without
+    /// identity; `null` while waiting for the CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Option<CertInfo>>,
     pub xds: &'a XdsStatus,
     pub versions: &'a std::collections::BTreeMap<String, String>,
     pub mesh: Option<&'a Mesh>,
@@ -90,8 +108,13 @@ pub struct ConfigDump<'a> {
 async fn config_dump(State(s): State<AdminState>) -> Response {
     let snapshot = s.snapshot.load();
     let xds = s.xds.borrow().clone();
+    let identity = s
+        .cert
+        .as_ref()
+        .map(|c| c.borrow().as_ref().map(|c| c.info()));
     let dump = ConfigDump {
         node_id: &s.node_id,
+        identity,
         xds: &xds,
         versions: &snapshot.versions,
         mesh: snapshot.mesh.as_deref(),

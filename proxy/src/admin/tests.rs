@@ -34,6 +34,7 @@ fn mk_admin() -> Admin {
             snapshot: SharedSnapshot::default(),
             xds: rx,
             metrics: Arc::new(Metrics::new()),
+            cert: None,
         },
         xds,
     }
@@ -119,6 +120,7 @@ async fn config_dump_shows_the_snapshot_and_versions() {
 async fn metrics_are_prometheus_text() {
     let a = mk_admin();
     a.state.metrics.request(RequestLabels {
+        source_principal: String::new(),
         direction: "outbound",
         source_workload: "productpage".into(),
         source_namespace: "default".into(),
@@ -133,4 +135,31 @@ async fn metrics_are_prometheus_text() {
     assert!(body.contains("weft_requests_total{"), "{body}");
     assert!(body.contains(r#"destination_service="reviews""#), "{body}");
     assert!(body.contains("weft_xds_connected 0"), "{body}");
+}
+
+#[tokio::test]
+async fn ready_waits_for_a_certificate_and_the_dump_shows_it_without_the_key() {
+    let mut a = mk_admin();
+    a.xds.send_modify(|s| {
+        s.complete = true;
+        s.waiting_for.clear();
+    });
+    let store = crate::identity::CertStore::default();
+    a.state.cert = Some(store.subscribe());
+    let (status, _, body) = get(&a.state, "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("a certificate from the CA"), "{body}");
+    let (_, _, dump) = get(&a.state, "/config_dump").await;
+    assert!(dump.contains(r#""identity": null"#), "{dump}");
+
+    let id = "spiffe://cluster.local/ns/default/sa/productpage";
+    let cert = crate::identity::tests::TestCa::new().certified(id);
+    let serial = cert.serial.clone();
+    store.publish(Arc::new(cert));
+    let (status, _, _) = get(&a.state, "/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, dump) = get(&a.state, "/config_dump").await;
+    assert!(dump.contains(id) && dump.contains(&serial), "{dump}");
+    assert!(dump.contains("not_after"), "{dump}");
+    assert!(!dump.contains("PRIVATE KEY"), "{dump}");
 }

@@ -49,9 +49,13 @@ fn port_u16(field: &str, n: u32) -> Result<u16, InvalidResource> {
 impl TryFrom<&pb::Mesh> for Mesh {
     type Error = InvalidResource;
     fn try_from(m: &pb::Mesh) -> Result<Self, Self::Error> {
+        for (n, pem) in m.trust_bundle.iter().enumerate() {
+            check_pem_certs(pem).map_err(|r| invalid(format!("trust_bundle[{n}]"), r))?;
+        }
         Ok(Self {
             trust_domain: m.trust_domain.clone(),
             dns_domain: m.dns_domain.clone(),
+            trust_bundle: m.trust_bundle.clone(),
         })
     }
 }
@@ -85,7 +89,41 @@ impl TryFrom<&pb::Inbound> for Inbound {
             service_account: i.service_account.clone(),
             identity: i.identity.clone(),
             ports,
+            mtls_mode: mtls_mode("mtls_mode", i.mtls_mode)?,
+            port_mtls: i
+                .port_mtls
+                .iter()
+                .map(|(p, m)| {
+                    let field = format!("port_mtls[{p}]");
+                    Ok((port_u16(&field, *p)?, mtls_mode(&field, *m)?))
+                })
+                .collect::<Result<_, InvalidResource>>()?,
         })
+    }
+}
+
+/// A PEM string must hold at least one parseable certificate.
+fn check_pem_certs(pem: &str) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut n = 0;
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        c.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(())
+}
+
+fn mtls_mode(field: &str, m: i32) -> Result<MtlsMode, InvalidResource> {
+    match pb::MtlsMode::try_from(m) {
+        Ok(pb::MtlsMode::Unspecified | pb::MtlsMode::Permissive) => Ok(MtlsMode::Permissive),
+        Ok(pb::MtlsMode::Strict) => Ok(MtlsMode::Strict),
+        Ok(pb::MtlsMode::Disable) => Ok(MtlsMode::Disable),
+        // A mode this proxy does not know could be stricter than anything it can enforce.
+        Err(_) => Err(invalid(field, format!("unknown mTLS mode {m}"))),
     }
 }
 
@@ -330,7 +368,31 @@ impl TryFrom<&pb::Cluster> for ClusterSpec {
             subset: c.subset.clone(),
             protocol: protocol(c.protocol),
             lb,
+            tls: upstream_tls(c.tls.as_ref())?,
+            identities: c.identities.clone(),
         })
+    }
+}
+
+/// The client-side TLS mode. SIMPLE and MUTUAL (TLS to servers outside the mesh) are refused
+/// until the proxy can originate such TLS: accepting them would silently send plaintext.
+fn upstream_tls(t: Option<&pb::UpstreamTls>) -> Result<UpstreamTlsMode, InvalidResource> {
+    use pb::upstream_tls::Mode;
+    let Some(t) = t else {
+        return Ok(UpstreamTlsMode::Auto);
+    };
+    match Mode::try_from(t.mode) {
+        Ok(Mode::Auto) => Ok(UpstreamTlsMode::Auto),
+        Ok(Mode::Disable) => Ok(UpstreamTlsMode::Disable),
+        Ok(Mode::IstioMutual) => Ok(UpstreamTlsMode::IstioMutual),
+        Ok(m @ (Mode::Simple | Mode::Mutual)) => Err(invalid(
+            "tls.mode",
+            format!(
+                "{} (TLS to a server outside the mesh) is not supported by this proxy yet",
+                m.as_str_name()
+            ),
+        )),
+        Err(_) => Err(invalid("tls.mode", format!("unknown mode {}", t.mode))),
     }
 }
 

@@ -128,3 +128,61 @@ fn snapshot_indexes_names_and_aliases_and_joins_endpoints() {
         "a cluster without Endpoints has none"
     );
 }
+
+#[test]
+fn tls_fields_convert_and_unsupported_modes_are_nacked() {
+    let mut c = pb::Cluster {
+        name: "outbound|9080||reviews".into(),
+        port: 9080,
+        identities: vec!["spiffe://cluster.local/ns/default/sa/reviews".into()],
+        ..Default::default()
+    };
+    let spec = ClusterSpec::try_from(&c).unwrap();
+    assert_eq!(spec.tls, UpstreamTlsMode::Auto);
+    assert_eq!(spec.identities.len(), 1);
+    for (mode, want) in [
+        (pb::upstream_tls::Mode::Disable, UpstreamTlsMode::Disable),
+        (
+            pb::upstream_tls::Mode::IstioMutual,
+            UpstreamTlsMode::IstioMutual,
+        ),
+    ] {
+        c.tls = Some(pb::UpstreamTls {
+            mode: mode as i32,
+            ..Default::default()
+        });
+        assert_eq!(ClusterSpec::try_from(&c).unwrap().tls, want);
+    }
+    c.tls = Some(pb::UpstreamTls {
+        mode: pb::upstream_tls::Mode::Simple as i32,
+        ca_certificates: "x".into(),
+        ..Default::default()
+    });
+    let e = ClusterSpec::try_from(&c).unwrap_err();
+    assert_eq!(e.field, "tls.mode");
+    assert!(e.reason.contains("SIMPLE"), "{e}");
+
+    let mut i = pb::Inbound {
+        mtls_mode: pb::MtlsMode::Strict as i32,
+        ..Default::default()
+    };
+    i.port_mtls.insert(8080, pb::MtlsMode::Disable as i32);
+    i.port_mtls.insert(9090, pb::MtlsMode::Unspecified as i32);
+    let inb = Inbound::try_from(&i).unwrap();
+    assert_eq!(inb.mtls_mode_for(1), MtlsMode::Strict);
+    assert_eq!(inb.mtls_mode_for(8080), MtlsMode::Disable);
+    assert_eq!(inb.mtls_mode_for(9090), MtlsMode::Permissive);
+    assert!(inb.any_port_allows(true) && inb.any_port_allows(false));
+    i.port_mtls.clear();
+    let strict = Inbound::try_from(&i).unwrap();
+    assert!(strict.any_port_allows(true) && !strict.any_port_allows(false));
+    i.port_mtls.insert(70000, pb::MtlsMode::Strict as i32);
+    assert_eq!(Inbound::try_from(&i).unwrap_err().field, "port_mtls[70000]");
+
+    let m = pb::Mesh {
+        trust_bundle: vec!["not a certificate".into()],
+        ..Default::default()
+    };
+    let e = Mesh::try_from(&m).unwrap_err();
+    assert_eq!(e.field, "trust_bundle[0]");
+}

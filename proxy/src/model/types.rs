@@ -15,6 +15,31 @@ use serde::{Serialize, Serializer};
 pub struct Mesh {
     pub trust_domain: String,
     pub dns_domain: String,
+    /// PEM roots peers may chain to (several during a root rotation); empty: keep the
+    /// bootstrap roots (`--ca-root`).
+    pub trust_bundle: Vec<String>,
+}
+
+/// PeerAuthentication mode of an inbound port, resolved by the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// mTLS and plaintext (also what "unspecified" means, as in Istio).
+    #[default]
+    Permissive,
+    Strict,
+    Disable,
+}
+
+/// DestinationRule `tls.mode` as the client side applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UpstreamTlsMode {
+    /// mTLS to endpoints with a sidecar, plaintext to the others.
+    #[default]
+    Auto,
+    Disable,
+    IstioMutual,
 }
 
 /// The workload this proxy serves.
@@ -27,9 +52,29 @@ pub struct Inbound {
     pub service_account: String,
     pub identity: String,
     pub ports: Vec<Port>,
+    /// The mode for every port without an override.
+    pub mtls_mode: MtlsMode,
+    /// Per target port overrides.
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
 }
 
 impl Inbound {
+    /// The PeerAuthentication mode for target `port`.
+    pub fn mtls_mode_for(&self, port: u16) -> MtlsMode {
+        self.port_mtls.get(&port).copied().unwrap_or(self.mtls_mode)
+    }
+
+    /// Whether some port accepts plaintext / TLS at all, for decisions taken before the
+    /// port is known (at accept).
+    pub fn any_port_allows(&self, tls: bool) -> bool {
+        let refuses = if tls {
+            MtlsMode::Disable
+        } else {
+            MtlsMode::Strict
+        };
+        self.mtls_mode != refuses || self.port_mtls.values().any(|m| *m != refuses)
+    }
+
     /// Whether the application serves `port` (a target port, as carried by the mesh hop).
     pub fn serves_port(&self, port: u16) -> bool {
         self.ports.iter().any(|p| p.target() == port)
@@ -197,6 +242,10 @@ pub struct ClusterSpec {
     pub subset: String,
     pub protocol: Protocol,
     pub lb: LbPolicy,
+    pub tls: UpstreamTlsMode,
+    /// Secure naming: the SPIFFE IDs a server of this cluster may present; empty means
+    /// each endpoint's own `identity`.
+    pub identities: Vec<String>,
 }
 
 /// A cluster joined with its endpoints, plus the balancer's cursor.

@@ -15,12 +15,12 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
-use crate::model::{SharedSnapshot, Snapshot};
+use crate::model::{ClusterSpec, Endpoint, SharedSnapshot, Snapshot, UpstreamTlsMode};
 use crate::routing::{self, RequestView};
 use crate::telemetry::{Metrics, RequestLabels};
 use crate::transport::{
-    APP_PROTOCOL_HEADER, AppProtocol, ConnInfo, Connector, DST_PORT_HEADER, Handler, Tunnel,
-    strip_hop_by_hop,
+    APP_PROTOCOL_HEADER, AppProtocol, ConnInfo, Connector, DST_PORT_HEADER, ExpectedIdentities,
+    Handler, MeshSecurity, Tunnel, strip_hop_by_hop,
 };
 
 /// Who this proxy is, for metric labels, until the Inbound resource says so.
@@ -53,6 +53,74 @@ pub struct Outbound {
     pub connector: Connector,
     pub metrics: Arc<Metrics>,
     pub workload: Workload,
+    /// Whether this proxy has an identity (runs with --ca-root); without one, AUTO means
+    /// plaintext to every peer.
+    pub mtls: bool,
+}
+
+/// How to reach an endpoint, decided from config alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hop {
+    /// Through the peer proxy at this address, secured so.
+    Mesh(SocketAddr, MeshSecurity),
+    /// Straight to the endpoint (no sidecar there), plaintext.
+    Direct,
+}
+
+/// DestinationRule TLS mode x endpoint x our identity -> the hop. Pure (decide, then act).
+///
+/// - DISABLE: plaintext (h2c to a peer proxy, or direct);
+/// - AUTO: mTLS to endpoints with a sidecar when this proxy has an identity, else plaintext;
+/// - ISTIO_MUTUAL: mTLS, and an error when it cannot be done (no sidecar or no identity),
+///   rather than silently sending plaintext.
+///
+/// Secure naming: the server must present one of `cluster.identities`, or, when the control
+/// plane sent none, the endpoint's own identity; with neither, mTLS fails closed.
+pub fn choose_hop(
+    cluster: &ClusterSpec,
+    ep: &Endpoint,
+    have_identity: bool,
+) -> Result<Hop, ProxyError> {
+    let mutual = match cluster.tls {
+        UpstreamTlsMode::Disable => false,
+        UpstreamTlsMode::Auto => have_identity,
+        UpstreamTlsMode::IstioMutual => true,
+    };
+    let Some(peer) = ep.mesh_addr() else {
+        if cluster.tls == UpstreamTlsMode::IstioMutual {
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamTlsFailed,
+                format!(
+                    "cluster {} requires ISTIO_MUTUAL but endpoint {} has no sidecar",
+                    cluster.name, ep.addr
+                ),
+            ));
+        }
+        return Ok(Hop::Direct);
+    };
+    if !mutual {
+        return Ok(Hop::Mesh(peer, MeshSecurity::Plaintext));
+    }
+    let expected = if cluster.identities.is_empty() {
+        vec![ep.identity.clone()]
+    } else {
+        cluster.identities.clone()
+    };
+    let expected: Vec<String> = expected.into_iter().filter(|s| !s.is_empty()).collect();
+    if expected.is_empty() {
+        return Err(ProxyError::new(
+            ErrorKind::UpstreamTlsFailed,
+            format!(
+                "no identity is known for endpoint {} of cluster {}, so its certificate \
+                 cannot be checked (secure naming)",
+                ep.addr, cluster.name
+            ),
+        ));
+    }
+    Ok(Hop::Mesh(
+        peer,
+        MeshSecurity::Mutual(ExpectedIdentities::new(expected)),
+    ))
 }
 
 /// Metric facts gathered along the way.
@@ -95,6 +163,7 @@ impl Outbound {
             destination_service: dest.service.clone(),
             destination_workload: dest.workload.clone(),
             destination_subset: dest.subset.clone(),
+            source_principal: String::new(),
             response_code: status.as_u16(),
         });
     }
@@ -135,8 +204,8 @@ impl Outbound {
         })?;
         let mut up = Request::from_parts(parts, body::boxed(body));
 
-        let rsp = match ep.mesh_addr() {
-            Some(peer) => {
+        let rsp = match choose_hop(&decision.cluster.spec, ep, self.mtls)? {
+            Hop::Mesh(peer, security) => {
                 let h = up.headers_mut();
                 // HTTP/2 carries the authority in :authority; a Host header would duplicate it.
                 h.remove(HOST);
@@ -145,9 +214,9 @@ impl Outbound {
                     APP_PROTOCOL_HEADER,
                     HeaderValue::from_static(proto.as_str()),
                 );
-                self.connector.mesh_request(peer, up).await?
+                self.connector.mesh_request(peer, &security, up).await?
             }
-            None => self.connector.http_request(ep.addr, proto, up).await?,
+            Hop::Direct => self.connector.http_request(ep.addr, proto, up).await?,
         };
         Ok(relay_response(rsp))
     }
@@ -183,9 +252,11 @@ impl Outbound {
         dest.workload = ep.workload_name().0.to_string();
 
         // Connect before answering, so a failure is a readable 503 instead of a dead tunnel.
-        let upstream = match ep.mesh_addr() {
-            Some(peer) => self.connector.mesh_tunnel(peer, ep.addr).await?,
-            None => self.connector.tcp(ep.addr).await?,
+        let upstream = match choose_hop(&decision.cluster.spec, ep, self.mtls)? {
+            Hop::Mesh(peer, security) => {
+                self.connector.mesh_tunnel(peer, &security, ep.addr).await?
+            }
+            Hop::Direct => self.connector.tcp(ep.addr).await?,
         };
         tokio::spawn(splice_upgrade(req, upstream, ep.addr));
         Ok(Response::new(body::empty()))
@@ -231,3 +302,6 @@ pub(crate) async fn splice_upgrade(req: Request<Incoming>, mut upstream: Tunnel,
         tracing::debug!(%to, error = %e, "tunnel ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -69,6 +69,8 @@ fn mk_spec(name: &str, lb: LbPolicy) -> ClusterSpec {
         subset: String::new(),
         protocol: Protocol::Http,
         lb,
+        tls: UpstreamTlsMode::Auto,
+        identities: vec![],
     }
 }
 

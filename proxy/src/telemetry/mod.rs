@@ -19,7 +19,20 @@ pub struct RequestLabels {
     pub destination_service: String,
     pub destination_workload: String,
     pub destination_subset: String,
+    /// Inbound: the caller's SPIFFE ID from mTLS; empty for plaintext (and outbound).
+    pub source_principal: String,
     pub response_code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    direction: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +47,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     xds_updates: Family<XdsLabels, Counter>,
     xds_connected: Gauge,
+    tls_failures: Family<TlsLabels, Counter>,
+    cert_expiry: Gauge,
+    cert_rotations: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,11 +79,32 @@ impl Metrics {
             "1 while the ADS stream to the control plane is up",
             xds_connected.clone(),
         );
+        let tls_failures = Family::<TlsLabels, Counter>::default();
+        let cert_expiry = Gauge::default();
+        let cert_rotations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "weft_tls_handshake_failures",
+            "Refused or failed mTLS handshakes and TLS-mode refusals, by direction and reason",
+            tls_failures.clone(),
+        );
+        registry.register(
+            "weft_identity_cert_expiry_timestamp_seconds",
+            "Unix time at which the proxy's current certificate expires (0: none yet)",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "weft_identity_cert_rotations",
+            "Certificate requests to the CA, by result (success, failure)",
+            cert_rotations.clone(),
+        );
         Self {
             registry,
             requests,
             xds_updates,
             xds_connected,
+            tls_failures,
+            cert_expiry,
+            cert_rotations,
         }
     }
 
@@ -87,6 +124,25 @@ impl Metrics {
 
     pub fn set_xds_connected(&self, up: bool) {
         self.xds_connected.set(i64::from(up));
+    }
+
+    /// `direction` is "inbound" or "outbound"; `reason` a `TlsReason` code.
+    pub fn tls_handshake_failure(&self, direction: &'static str, reason: &'static str) {
+        self.tls_failures
+            .get_or_create(&TlsLabels { direction, reason })
+            .inc();
+    }
+
+    pub fn set_cert_expiry(&self, unix_seconds: i64) {
+        self.cert_expiry.set(unix_seconds);
+    }
+
+    pub fn cert_rotation(&self, ok: bool) {
+        self.cert_rotations
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -11,9 +11,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::h2pool::{H2Pool, PoolConfig, PoolError};
+use super::h2pool::{H2Pool, PoolConfig, PoolError, PoolKey};
+use super::tls::{MeshClientTls, MeshSecurity, TlsFailure, TlsReason};
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
+use crate::telemetry::Metrics;
 
 /// What the application spoke, and so what the last hop speaks to the destination app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,10 @@ struct Inner {
     /// HTTP/1.1 to workloads without a sidecar, and to the local app.
     h1: Client<HttpConnector, Body>,
     connect_timeout: Duration,
+    /// Our side of mesh mTLS; `None` when the proxy runs without an identity (plaintext).
+    tls: Option<Arc<dyn MeshClientTls>>,
+    /// Where handshake failures are counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for Connector {
@@ -71,6 +77,15 @@ impl Default for Connector {
 
 impl Connector {
     pub fn new(connect_timeout: Duration) -> Self {
+        Self::with_tls(connect_timeout, None, None)
+    }
+
+    /// A connector that can secure the mesh hop with `tls` and counts handshake failures.
+    pub fn with_tls(
+        connect_timeout: Duration,
+        tls: Option<Arc<dyn MeshClientTls>>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
@@ -86,6 +101,8 @@ impl Connector {
                 h2: H2Pool::new(PoolConfig::new(connect_timeout)),
                 h1,
                 connect_timeout,
+                tls,
+                metrics,
             }),
         }
     }
@@ -100,14 +117,78 @@ impl Connector {
     pub async fn mesh_request(
         &self,
         peer: SocketAddr,
+        security: &MeshSecurity,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
         *req.version_mut() = Version::HTTP_2;
-        self.inner
-            .mesh
-            .send(peer, req)
-            .await
-            .map_err(|e| pool_error(e, "peer proxy"))
+        self.mesh_send(peer, security, req).await
+    }
+
+    /// The pooled mesh connection for `peer` under `security`, dialed (and TLS-verified) if
+    /// needed.
+    async fn mesh_send(
+        &self,
+        peer: SocketAddr,
+        security: &MeshSecurity,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let r = match security {
+            MeshSecurity::Plaintext => self.inner.mesh.send(peer, req).await,
+            MeshSecurity::Mutual(expected) => {
+                let Some(tls) = &self.inner.tls else {
+                    let f = TlsFailure::new(
+                        TlsReason::NoLocalCertificate,
+                        format!(
+                            "mTLS to {peer} (expecting {expected}) is required, but this proxy \
+                             runs without an identity (no --ca-root)"
+                        ),
+                    );
+                    return Err(self.tls_error(peer, f));
+                };
+                let key = PoolKey {
+                    addr: peer,
+                    tls: Some(expected.clone()),
+                };
+                let config = || tls.client_config(expected);
+                self.inner.mesh.send_keyed(&key, req, Some(&config)).await
+            }
+        };
+        r.map_err(|e| match e {
+            PoolError::Tls { addr, failure } => self.tls_error(addr, failure),
+            // In TLS 1.3 the server checks our certificate after our side of the handshake is
+            // done, so its refusal (an alert) surfaces on the first request: report it as the
+            // TLS failure it is, not as a reset.
+            PoolError::Request { addr, source }
+                if matches!(security, MeshSecurity::Mutual(_))
+                    && let Some(f) = tls_alert(&source) =>
+            {
+                self.tls_error(addr, f)
+            }
+            e => pool_error(e, "peer proxy"),
+        })
+    }
+
+    /// A refused handshake: counted, logged at warn (someone must act on it), and answered
+    /// with the most specific code.
+    fn tls_error(&self, peer: SocketAddr, f: TlsFailure) -> ProxyError {
+        tracing::warn!(%peer, reason = f.reason.code(), "mesh TLS to peer proxy failed: {}", f.detail);
+        if let Some(m) = &self.inner.metrics {
+            m.tls_handshake_failure("outbound", f.reason.code());
+        }
+        let kind = match f.reason {
+            TlsReason::IdentityMismatch | TlsReason::UnknownTrustDomain => {
+                ErrorKind::UpstreamIdentityMismatch
+            }
+            _ => ErrorKind::UpstreamTlsFailed,
+        };
+        ProxyError::new(
+            kind,
+            format!(
+                "TLS to peer proxy {peer} failed ({}): {}",
+                f.reason.code(),
+                f.detail
+            ),
+        )
     }
 
     /// Mesh hop, TCP: an HTTP/2 CONNECT stream to the peer proxy at `peer` whose authority is
@@ -115,6 +196,7 @@ impl Connector {
     pub async fn mesh_tunnel(
         &self,
         peer: SocketAddr,
+        security: &MeshSecurity,
         target: SocketAddr,
     ) -> Result<Tunnel, ProxyError> {
         let uri = Uri::try_from(target.to_string()).map_err(|e| {
@@ -127,12 +209,7 @@ impl Connector {
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
-        let mut rsp = self
-            .inner
-            .mesh
-            .send(peer, req)
-            .await
-            .map_err(|e| pool_error(e, "peer proxy"))?;
+        let mut rsp = self.mesh_send(peer, security, req).await?;
         if rsp.status() != StatusCode::OK {
             let why = rsp
                 .headers()
@@ -258,7 +335,38 @@ fn pool_error(e: PoolError, who: &str) -> ProxyError {
             ErrorKind::UpstreamReset,
             format!("request to {who} {addr} failed: {}", error_chain(&source)),
         ),
+        PoolError::Tls { addr, failure } => ProxyError::new(
+            ErrorKind::UpstreamTlsFailed,
+            format!("TLS to {who} {addr} failed: {failure}"),
+        ),
     }
+}
+
+/// A TLS alert from the peer somewhere in `e`'s causes. h2 does not expose its I/O error as a
+/// `source()`, so after the typed search the rendered chain is checked for rustls' wording.
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(TlsFailure::from_rustls(r));
+        }
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(TlsFailure::from_rustls(r));
+        }
+        cur = err.source();
+    }
+    let text = error_chain(e);
+    let at = text.find("received fatal alert: ")?;
+    Some(TlsFailure::new(
+        TlsReason::PeerRejected,
+        format!(
+            "the peer proxy refused the handshake ({}); it may not trust this proxy's \
+             certificate (another root?)",
+            &text[at..]
+        ),
+    ))
 }
 
 /// An error and its causes on one line ("client error (Connect): connection refused").

@@ -10,6 +10,9 @@
 //!   and HTTP/2 PINGs run even while the connection is idle, so a peer that vanished without a
 //!   FIN/RST (a node lost, a blackholed route) is noticed and the connection is closed; the
 //!   next request then dials a fresh one.
+//! - With mTLS the pool key is the peer address *and* the identities its certificate was
+//!   checked against: two clusters that expect different identities of the same peer address
+//!   never share a connection, since one's verification says nothing about the other's.
 //! - Peers come and go with config: entries whose connection has closed are dropped whenever a
 //!   new connection is dialed, so the map is bounded by the live connections.
 
@@ -25,6 +28,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::tls::{ExpectedIdentities, TlsFailure};
 use crate::body::Body;
 
 /// Why the pool could not get a request through.
@@ -38,7 +42,29 @@ pub enum PoolError {
         #[source]
         source: hyper::Error,
     },
+    #[error("TLS to {addr} failed: {failure}")]
+    Tls {
+        addr: SocketAddr,
+        failure: TlsFailure,
+    },
 }
+
+/// What a pooled connection is for: the peer address, and for TLS, what was verified.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub tls: Option<ExpectedIdentities>,
+}
+
+impl PoolKey {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self { addr, tls: None }
+    }
+}
+
+/// Builds the TLS client config when (and only when) a dial is needed, so the steady state
+/// does not pay for it.
+pub type TlsConfigFn<'a> = &'a (dyn Fn() -> Result<Arc<rustls::ClientConfig>, TlsFailure> + Sync);
 
 /// How the pool dials and watches its connections.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +100,7 @@ struct Slot {
 #[derive(Debug)]
 pub struct H2Pool {
     /// Copy-on-write: written only when a peer is added or pruned (on a dial), read lock-free.
-    peers: ArcSwap<HashMap<SocketAddr, Arc<Slot>>>,
+    peers: ArcSwap<HashMap<PoolKey, Arc<Slot>>>,
     config: PoolConfig,
 }
 
@@ -94,12 +120,24 @@ impl H2Pool {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, PoolError> {
-        let conn = self.checkout(addr, None).await?;
+        self.send_keyed(&PoolKey::plain(addr), req, None).await
+    }
+
+    /// Sends `req` on the pooled connection for `key`; a dial wraps TCP in TLS with the
+    /// config from `tls` (required when `key.tls` is set).
+    pub async fn send_keyed(
+        &self,
+        key: &PoolKey,
+        req: Request<Body>,
+        tls: Option<TlsConfigFn<'_>>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        let addr = key.addr;
+        let conn = self.checkout(key, None, tls).await?;
         let mut sender = SendRequest::clone(&conn);
         if sender.ready().await.is_err() {
             // The connection died between checkout and use (GOAWAY, reset): nothing of this
             // request was sent yet, so dialing again is safe.
-            let conn = self.checkout(addr, Some(&conn)).await?;
+            let conn = self.checkout(key, Some(&conn), tls).await?;
             sender = SendRequest::clone(&conn);
             sender
                 .ready()
@@ -128,8 +166,13 @@ impl H2Pool {
 
     /// A usable connection to `addr`. `broken` is one the caller found dead: it is replaced
     /// even if it does not report itself closed yet.
-    async fn checkout(&self, addr: SocketAddr, broken: Option<&Conn>) -> Result<Conn, PoolError> {
-        let slot = self.slot(addr);
+    async fn checkout(
+        &self,
+        key: &PoolKey,
+        broken: Option<&Conn>,
+        tls: Option<TlsConfigFn<'_>>,
+    ) -> Result<Conn, PoolError> {
+        let slot = self.slot(key);
         let usable = || {
             slot.current
                 .load_full()
@@ -143,20 +186,20 @@ impl H2Pool {
         if let Some(c) = usable() {
             return Ok(c);
         }
-        let c = Arc::new(self.dial(addr).await?);
+        let c = Arc::new(self.dial(key.addr, tls).await?);
         slot.current.store(Some(c.clone()));
         self.prune();
         Ok(c)
     }
 
-    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
-        if let Some(s) = self.peers.load().get(&addr) {
+    fn slot(&self, key: &PoolKey) -> Arc<Slot> {
+        if let Some(s) = self.peers.load().get(key) {
             return s.clone();
         }
         let mut out = None;
         self.peers.rcu(|peers| {
             let mut peers = HashMap::clone(peers);
-            out = Some(peers.entry(addr).or_default().clone());
+            out = Some(peers.entry(key.clone()).or_default().clone());
             peers
         });
         out.unwrap_or_default()
@@ -176,14 +219,18 @@ impl H2Pool {
             peers
                 .iter()
                 .filter(|(_, s)| !dead(s))
-                .map(|(a, s)| (*a, s.clone()))
+                .map(|(a, s)| (a.clone(), s.clone()))
                 .collect::<HashMap<_, _>>()
         });
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<Body>, PoolError> {
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        tls: Option<TlsConfigFn<'_>>,
+    ) -> Result<SendRequest<Body>, PoolError> {
         let timeout = self.config.connect_timeout;
-        tokio::time::timeout(timeout, self.dial_unbounded(addr))
+        tokio::time::timeout(timeout, self.dial_unbounded(addr, tls))
             .await
             .map_err(|_| PoolError::Connect {
                 addr,
@@ -191,18 +238,46 @@ impl H2Pool {
             })?
     }
 
-    async fn dial_unbounded(&self, addr: SocketAddr) -> Result<SendRequest<Body>, PoolError> {
+    async fn dial_unbounded(
+        &self,
+        addr: SocketAddr,
+        tls: Option<TlsConfigFn<'_>>,
+    ) -> Result<SendRequest<Body>, PoolError> {
         let err = |reason: String| PoolError::Connect { addr, reason };
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        match tls {
+            None => self.handshake(addr, tcp).await,
+            Some(config) => {
+                let config = config().map_err(|failure| PoolError::Tls { addr, failure })?;
+                // Mesh certificates name no DNS host: an IP server name sends no SNI, and the
+                // verifier checks SPIFFE IDs instead.
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| PoolError::Tls {
+                        addr,
+                        failure: TlsFailure::from_io(&e),
+                    })?;
+                self.handshake(addr, stream).await
+            }
+        }
+    }
+
+    async fn handshake<IO>(&self, addr: SocketAddr, io: IO) -> Result<SendRequest<Body>, PoolError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let err = |reason: String| PoolError::Connect { addr, reason };
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(self.config.keep_alive_interval)
             .keep_alive_timeout(self.config.keep_alive_timeout)
             .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| err(format!("HTTP/2 handshake failed: {e}")))?;
         tokio::spawn(async move {

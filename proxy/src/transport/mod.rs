@@ -3,19 +3,26 @@
 //! [`Connector`] is the one seam every upstream connection goes through. The mesh hop
 //! (proxy to proxy) is its `mesh_*` half: a pooled, multiplexed HTTP/2 connection per peer,
 //! carrying HTTP requests with two `weft-*` headers and opaque TCP as HTTP/2 CONNECT streams
-//! (see proxy/README.md). The mTLS issue wraps exactly these two methods in TLS.
+//! (see proxy/README.md), over mTLS with SPIFFE identities when the proxy has one.
+//! `tls` holds the TLS vocabulary and the traits `identity` implements.
 
 mod connect;
 mod h2pool;
 mod headers;
 mod listen;
 mod server;
+mod tls;
 
 pub use connect::{AppProtocol, Connector, Tunnel, TunnelIo};
-pub use h2pool::{H2Pool, PoolConfig, PoolError};
+pub use h2pool::{H2Pool, PoolConfig, PoolError, PoolKey, TlsConfigFn};
 pub use headers::{APP_PROTOCOL_HEADER, DST_PORT_HEADER, strip_hop_by_hop};
 pub use listen::{BindError, bind};
-pub use server::{ConnInfo, Handler, ServerStats, ServerTimeouts, serve, serve_with};
+pub use server::{
+    Admit, ConnInfo, Handler, ServerStats, ServerTimeouts, TlsAccept, serve, serve_tls, serve_with,
+};
+pub use tls::{
+    ExpectedIdentities, MeshClientTls, MeshSecurity, MeshServerTls, TlsFailure, TlsReason,
+};
 
 #[cfg(test)]
 mod tests;

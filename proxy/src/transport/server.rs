@@ -6,6 +6,10 @@
 //! socket forever: protocol detection and HTTP/1.1 request heads (including the idle time
 //! between keep-alive requests) get [`ServerTimeouts::header_read`], and HTTP/2 connections
 //! are PINGed so a dead peer is noticed.
+//!
+//! The inbound listener also tells TLS from plaintext by the first byte (a TLS record starts
+//! with 0x16, which no HTTP method does), so PERMISSIVE can serve both on one port. What to do
+//! with each kind is the caller's decision ([`TlsAccept`]); this module only applies it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,15 +26,41 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use rustls::pki_types::CertificateDer;
+
+use super::tls::TlsFailure;
 use crate::body::Body;
 
 /// Facts about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// SO_ORIGINAL_DST, when iptables redirected the connection here.
     pub orig_dst: Option<SocketAddr>,
+    /// Whether the connection is (m)TLS.
+    pub tls: bool,
+    /// The client's SPIFFE ID, verified by the mTLS handshake.
+    pub peer_identity: Option<Arc<str>>,
+}
+
+/// What to do with a new connection, decided by the listener's owner.
+#[derive(Debug)]
+pub enum Admit {
+    Plaintext,
+    Tls(Arc<rustls::ServerConfig>),
+    /// Close it; the failure is reported through [`TlsAccept::handshake_failed`].
+    Refuse(TlsFailure),
+}
+
+/// The policy of a listener that accepts both TLS and plaintext.
+pub trait TlsAccept: Send + Sync + 'static {
+    /// `client_hello`: the connection opened with a TLS record.
+    fn admit(&self, client_hello: bool) -> Admit;
+    /// The SPIFFE ID of a verified client chain.
+    fn peer_identity(&self, chain: &[CertificateDer<'_>]) -> Option<Arc<str>>;
+    /// A refused connection or failed handshake (log + metric).
+    fn handshake_failed(&self, peer: SocketAddr, failure: &TlsFailure);
 }
 
 /// Handles one request; implemented by the outbound and inbound proxies.
@@ -102,6 +132,40 @@ pub async fn serve_with<H: Handler>(
     tracker: TaskTracker,
     timeouts: ServerTimeouts,
 ) {
+    serve_inner(listener, handler, None, stats, shutdown, tracker, timeouts).await;
+}
+
+/// [`serve_with`] for a listener that also speaks TLS, as `accept` decides per connection.
+pub async fn serve_tls<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    accept: Arc<dyn TlsAccept>,
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    timeouts: ServerTimeouts,
+) {
+    serve_inner(
+        listener,
+        handler,
+        Some(accept),
+        stats,
+        shutdown,
+        tracker,
+        timeouts,
+    )
+    .await;
+}
+
+async fn serve_inner<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    accept: Option<Arc<dyn TlsAccept>>,
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    timeouts: ServerTimeouts,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -120,6 +184,7 @@ pub async fn serve_with<H: Handler>(
             stream,
             peer,
             handler.clone(),
+            accept.clone(),
             shutdown.clone(),
             timeouts,
         ));
@@ -127,6 +192,67 @@ pub async fn serve_with<H: Handler>(
 }
 
 async fn serve_conn<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    accept: Option<Arc<dyn TlsAccept>>,
+    shutdown: CancellationToken,
+    timeouts: ServerTimeouts,
+) {
+    let Some(accept) = accept else {
+        return serve_plain(stream, peer, handler, shutdown, timeouts).await;
+    };
+    let mut first = [0u8; 1];
+    let client_hello =
+        match tokio::time::timeout(timeouts.header_read, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
+            Ok(_) => return,
+            Err(_) => {
+                tracing::debug!(%peer, "client sent nothing in time; closing");
+                return;
+            }
+        };
+    match accept.admit(client_hello) {
+        Admit::Plaintext => serve_plain(stream, peer, handler, shutdown, timeouts).await,
+        Admit::Refuse(f) => accept.handshake_failed(peer, &f),
+        Admit::Tls(config) => {
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(peer);
+            let orig_dst = original_dst(&stream).filter(|d| *d != local);
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let tls =
+                match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return accept.handshake_failed(peer, &TlsFailure::from_io(&e)),
+                    Err(_) => {
+                        let f = TlsFailure::new(
+                            super::tls::TlsReason::HandshakeFailed,
+                            "the TLS handshake did not finish in time",
+                        );
+                        return accept.handshake_failed(peer, &f);
+                    }
+                };
+            let peer_identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| accept.peer_identity(c));
+            let info = ConnInfo {
+                peer,
+                local,
+                orig_dst,
+                tls: true,
+                peer_identity,
+            };
+            serve_http(TokioIo::new(tls), info, handler, shutdown, timeouts).await;
+        }
+    }
+}
+
+/// The first byte of a TLS handshake record (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+async fn serve_plain<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<H>,
@@ -149,9 +275,27 @@ async fn serve_conn<H: Handler>(
         peer,
         local,
         orig_dst,
+        tls: false,
+        peer_identity: None,
     };
+    serve_http(TokioIo::new(stream), info, handler, shutdown, timeouts).await;
+}
+
+/// HTTP/1.1 or HTTP/2 on an established (plain or TLS) connection, until it ends or shutdown.
+async fn serve_http<H, IO>(
+    io: TokioIo<IO>,
+    info: ConnInfo,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    timeouts: ServerTimeouts,
+) where
+    H: Handler,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = info.peer;
     let svc = hyper::service::service_fn(move |req| {
         let h = handler.clone();
+        let info = info.clone();
         async move { Ok::<_, Infallible>(h.handle(req, info).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -164,7 +308,7 @@ async fn serve_conn<H: Handler>(
         .timer(TokioTimer::new())
         .keep_alive_interval(timeouts.h2_keep_alive)
         .keep_alive_timeout(timeouts.h2_keep_alive);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

@@ -10,7 +10,8 @@ mod state;
 
 pub use apply::{Applier, ApplyError};
 pub use client::{
-    Backoff, GrpcTransport, Mode, ResponseStream, Transport, TransportError, XdsClient, XdsStatus,
+    Backoff, ClientIdentityFn, GrpcTransport, Mode, ResponseStream, Transport, TransportError,
+    XdsClient, XdsStatus,
 };
 pub use state::{DeltaState, SotwState};
 

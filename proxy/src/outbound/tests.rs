@@ -1,0 +1,96 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! The hop decision as a table: DestinationRule TLS mode x sidecar x our identity.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::errors::ErrorKind;
+
+const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+const OTHER: &str = "spiffe://cluster.local/ns/default/sa/reviews-v2";
+
+fn spec(tls: UpstreamTlsMode, identities: &[&str]) -> ClusterSpec {
+    ClusterSpec {
+        name: "outbound|9080||reviews".into(),
+        service: "reviews".into(),
+        port: 9080,
+        subset: String::new(),
+        protocol: crate::model::Protocol::Http,
+        lb: crate::model::LbPolicy::RoundRobin,
+        tls,
+        identities: identities.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn ep(mesh_port: Option<u16>, identity: &str) -> Endpoint {
+    Endpoint {
+        addr: "10.0.0.1:9080".parse().unwrap(),
+        mesh_port,
+        identity: identity.into(),
+        weight: 1,
+        workload: String::new(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn mutual(ids: &[&str]) -> Hop {
+    Hop::Mesh(
+        "10.0.0.1:15006".parse().unwrap(),
+        MeshSecurity::Mutual(ExpectedIdentities::new(
+            ids.iter().map(|s| s.to_string()).collect(),
+        )),
+    )
+}
+
+#[test]
+fn hop_table() {
+    use UpstreamTlsMode::*;
+    let plain = Hop::Mesh("10.0.0.1:15006".parse().unwrap(), MeshSecurity::Plaintext);
+    type Case = (
+        UpstreamTlsMode,
+        &'static [&'static str],
+        Option<u16>,
+        bool,
+        Hop,
+    );
+    let cases: Vec<Case> = vec![
+        // AUTO: mTLS to sidecars when we have an identity; the endpoint's own identity
+        // when the cluster lists none.
+        (Auto, &[], Some(15006), true, mutual(&[REVIEWS])),
+        (
+            Auto,
+            &[REVIEWS, OTHER],
+            Some(15006),
+            true,
+            mutual(&[OTHER, REVIEWS]),
+        ),
+        (Auto, &[], Some(15006), false, plain.clone()),
+        (Auto, &[], None, true, Hop::Direct),
+        (Disable, &[REVIEWS], Some(15006), true, plain),
+        (Disable, &[], None, true, Hop::Direct),
+        (IstioMutual, &[], Some(15006), false, mutual(&[REVIEWS])),
+    ];
+    for (mode, ids, mesh_port, have_id, want) in cases {
+        let got = choose_hop(&spec(mode, ids), &ep(mesh_port, REVIEWS), have_id).unwrap();
+        assert_eq!(got, want, "{mode:?} {ids:?} {mesh_port:?} {have_id}");
+    }
+}
+
+#[test]
+fn mtls_that_cannot_be_checked_fails_closed() {
+    let e = choose_hop(
+        &spec(UpstreamTlsMode::IstioMutual, &[]),
+        &ep(None, ""),
+        true,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UpstreamTlsFailed);
+    assert!(e.detail.contains("has no sidecar"), "{e}");
+    let e = choose_hop(
+        &spec(UpstreamTlsMode::Auto, &[]),
+        &ep(Some(15006), ""),
+        true,
+    )
+    .unwrap_err();
+    assert!(e.detail.contains("secure naming"), "{e}");
+}

@@ -1,0 +1,185 @@
+//! The TLS vocabulary shared by both sides of the mesh hop: why a handshake failed, and the two
+//! small traits through which `identity` hands rustls configs to the transport.
+//!
+//! Why here and not in `identity`: the transport must not name the modules above it, yet it is
+//! the one that dials and accepts. So it defines what it needs (a client config for a set of
+//! expected identities; a server config and the peer's SPIFFE ID) and `identity` implements it.
+//! Failure reasons are a closed set so they can be metric labels and stable error text.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+
+/// Why a TLS handshake (or a TLS decision) failed. `code()` is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsReason {
+    /// The peer's SPIFFE ID is not one we expected (secure naming).
+    IdentityMismatch,
+    /// The peer's ID is in another trust domain than any we expected.
+    UnknownTrustDomain,
+    /// The peer's chain does not lead to a root of the trust bundle.
+    UnknownIssuer,
+    /// The peer's certificate is expired (or not yet valid).
+    ExpiredCertificate,
+    /// Inbound: the client presented no certificate.
+    NoClientCertificate,
+    /// The peer's certificate carries no SPIFFE URI SAN.
+    NoSpiffeId,
+    /// The peer aborted the handshake (it refused our certificate, usually).
+    PeerRejected,
+    /// This proxy has no certificate yet (or no identity at all).
+    NoLocalCertificate,
+    /// Inbound: plaintext to a port whose mode is STRICT.
+    PlaintextToStrict,
+    /// Inbound: TLS to a port whose mode is DISABLE.
+    TlsToDisabled,
+    /// Anything else (protocol error, timeout, reset).
+    HandshakeFailed,
+}
+
+impl TlsReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::IdentityMismatch => "identity-mismatch",
+            Self::UnknownTrustDomain => "unknown-trust-domain",
+            Self::UnknownIssuer => "unknown-issuer",
+            Self::ExpiredCertificate => "expired-certificate",
+            Self::NoClientCertificate => "no-client-certificate",
+            Self::NoSpiffeId => "no-spiffe-id",
+            Self::PeerRejected => "peer-rejected",
+            Self::NoLocalCertificate => "no-local-certificate",
+            Self::PlaintextToStrict => "plaintext-to-strict",
+            Self::TlsToDisabled => "tls-to-disabled",
+            Self::HandshakeFailed => "handshake-failed",
+        }
+    }
+}
+
+/// A refused handshake: the reason (for metrics) and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct TlsFailure {
+    pub reason: TlsReason,
+    pub detail: String,
+}
+
+impl TlsFailure {
+    pub fn new(reason: TlsReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// Recovers the reason from a failed `tokio-rustls` handshake (or the I/O that followed
+    /// it): our own verifiers wrap a `TlsFailure` in the rustls error; webpki's verdicts and
+    /// alerts are mapped to the closest reason.
+    pub fn from_io(e: &std::io::Error) -> Self {
+        match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(e) => Self::from_rustls(e),
+            None => Self::new(TlsReason::HandshakeFailed, e.to_string()),
+        }
+    }
+
+    pub fn from_rustls(e: &rustls::Error) -> Self {
+        use rustls::{CertificateError as C, Error as E};
+        match e {
+            E::InvalidCertificate(C::Other(other)) => {
+                if let Some(f) = other.0.downcast_ref::<TlsFailure>() {
+                    return f.clone();
+                }
+                Self::new(TlsReason::HandshakeFailed, e.to_string())
+            }
+            E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => Self::new(
+                TlsReason::UnknownIssuer,
+                format!("the peer's certificate does not chain to the trust bundle: {e}"),
+            ),
+            E::InvalidCertificate(
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. },
+            ) => Self::new(
+                TlsReason::ExpiredCertificate,
+                format!("the peer's certificate is not valid now: {e}"),
+            ),
+            E::NoCertificatesPresented => Self::new(
+                TlsReason::NoClientCertificate,
+                "the client presented no certificate",
+            ),
+            E::AlertReceived(a) => Self::new(
+                TlsReason::PeerRejected,
+                format!("the peer aborted the handshake ({a:?}); it may not trust our certificate"),
+            ),
+            _ => Self::new(TlsReason::HandshakeFailed, e.to_string()),
+        }
+    }
+
+    /// Wraps this failure so it survives inside a rustls error (and comes back in `from_io`).
+    pub fn into_rustls(self) -> rustls::Error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(self),
+        )))
+    }
+}
+
+/// The identities a mesh-hop server may present; sorted, so equal sets give equal pool keys.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ExpectedIdentities(Arc<[String]>);
+
+impl ExpectedIdentities {
+    pub fn new(mut ids: Vec<String>) -> Self {
+        ids.sort();
+        ids.dedup();
+        Self(ids.into())
+    }
+
+    pub fn ids(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.iter().any(|e| e == id)
+    }
+}
+
+impl fmt::Debug for ExpectedIdentities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+impl fmt::Display for ExpectedIdentities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.len() == 1 {
+            return f.write_str(&self.0[0]);
+        }
+        write!(f, "one of [{}]", self.0.join(", "))
+    }
+}
+
+/// Client side of the mesh hop: a rustls config that presents our current certificate and
+/// accepts only a server whose SPIFFE ID is in `expected`.
+pub trait MeshClientTls: Send + Sync + fmt::Debug + 'static {
+    fn client_config(
+        &self,
+        expected: &ExpectedIdentities,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsFailure>;
+}
+
+/// Server side: a config requiring a client certificate from the trust bundle (`None` while
+/// this proxy has no certificate), and the SPIFFE ID of a verified peer.
+pub trait MeshServerTls: Send + Sync + fmt::Debug + 'static {
+    fn server_config(&self) -> Option<Arc<rustls::ServerConfig>>;
+    fn peer_identity(&self, chain: &[CertificateDer<'_>]) -> Option<Arc<str>>;
+}
+
+/// How the mesh hop to one peer is secured (decided by `outbound`, applied by `Connector`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MeshSecurity {
+    /// h2c: no identity on this proxy, or the DestinationRule says DISABLE.
+    Plaintext,
+    /// mTLS, accepting only these server identities.
+    Mutual(ExpectedIdentities),
+}
