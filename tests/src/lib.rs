@@ -36,6 +36,7 @@ pub struct Net {
 }
 
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 impl Net {
     pub fn new() -> Self {
@@ -76,7 +77,8 @@ pub struct ConfigDir {
 
 impl ConfigDir {
     pub fn new(net: Net) -> Self {
-        let n = NEXT_NET.fetch_add(0, Ordering::Relaxed);
+        // Several directories may share a net (two control planes in one test).
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
             "weft-e2e-{}-{}-{}",
             std::process::id(),

@@ -28,6 +28,11 @@ impl Mesh {
     }
 
     pub async fn start_with(extra: &[(&str, &str)], xds_mode: &str) -> Self {
+        Self::start_opts(extra, xds_mode, &[]).await
+    }
+
+    /// Like [`Self::start_with`], with extra control-plane flags.
+    pub async fn start_opts(extra: &[(&str, &str)], xds_mode: &str, cp_args: &[&str]) -> Self {
         let net = Net::new();
         let dir = ConfigDir::new(net);
         dir.write("registry.yaml", REGISTRY);
@@ -43,7 +48,7 @@ impl Mesh {
             apps::tcp_echo(net.addr(11, 9000), "web-v1").await,
             apps::tcp_echo(net.addr(12, 9000), "web-v2").await,
         ];
-        let cp = ControlPlane::start(net, dir.path()).await;
+        let cp = ControlPlane::start_with(net, dir.path(), cp_args).await;
         let client = Proxy::start_with(net, 10, "client", &cp, xds_mode).await;
         let web_v1 = Proxy::start_with(net, 11, "web-v1", &cp, xds_mode).await;
         let web_v2 = Proxy::start_with(net, 12, "web-v2", &cp, xds_mode).await;

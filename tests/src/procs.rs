@@ -133,27 +133,40 @@ pub struct ControlPlane {
     pub xds: SocketAddr,
     pub admin: SocketAddr,
     dir: PathBuf,
+    extra: Vec<String>,
     process: Process,
 }
 
 impl ControlPlane {
     /// Starts the control plane on `<net>.1` and waits until it is ready.
     pub async fn start(net: Net, dir: &Path) -> Self {
-        let xds = net.addr(1, 15012);
-        let admin = net.addr(1, 15014);
-        let process = Self::spawn(xds, admin, dir);
+        Self::start_with(net, dir, &[]).await
+    }
+
+    /// Starts it with extra flags (e.g. `--cert-lifetime 3s`).
+    pub async fn start_with(net: Net, dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on(net, 1, dir, extra).await
+    }
+
+    /// Starts it on `<net>.<host>` (a second control plane in the same test).
+    pub async fn start_on(net: Net, host: u8, dir: &Path, extra: &[&str]) -> Self {
+        let xds = net.addr(host, 15012);
+        let admin = net.addr(host, 15014);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let process = Self::spawn(xds, admin, dir, &extra);
         let mut cp = Self {
             xds,
             admin,
             dir: dir.to_path_buf(),
+            extra,
             process,
         };
         wait_ready("control plane", admin, &mut cp.process).await;
         cp
     }
 
-    fn spawn(xds: SocketAddr, admin: SocketAddr, dir: &Path) -> Process {
-        let args = vec![
+    fn spawn(xds: SocketAddr, admin: SocketAddr, dir: &Path, extra: &[String]) -> Process {
+        let mut args = vec![
             "--config-dir".to_string(),
             dir.display().to_string(),
             "--xds-addr".to_string(),
@@ -163,6 +176,7 @@ impl ControlPlane {
             "--log".to_string(),
             "info,weft_control=debug".to_string(),
         ];
+        args.extend(extra.iter().cloned());
         Process::spawn("control", &bin("weft-control"), &args)
     }
 
@@ -174,12 +188,17 @@ impl ControlPlane {
     /// Starts it again on the same addresses and directory.
     pub async fn restart(&mut self) {
         self.process.kill().await;
-        self.process = Self::spawn(self.xds, self.admin, &self.dir);
+        self.process = Self::spawn(self.xds, self.admin, &self.dir, &self.extra);
         wait_ready("control plane (restarted)", self.admin, &mut self.process).await;
     }
 
     pub fn logs(&self) -> String {
         self.process.logs()
+    }
+
+    /// The config directory it watches.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// `GET /debug/<what>` as JSON.
@@ -190,6 +209,69 @@ impl ControlPlane {
             .expect("admin answers");
         serde_json::from_slice(&resp.body).expect("debug endpoint returns JSON")
     }
+}
+
+/// What a sidecar needs to get its certificate in local mode: the mesh root the control plane
+/// wrote, and a token file naming the identity of the workload's service account, as
+/// `weftctl up` writes them.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub ca_root: PathBuf,
+    pub token_file: PathBuf,
+}
+
+impl Credentials {
+    /// Writes the token for workload `<name>.default` as its WorkloadEntry in `dir` says
+    /// (`identity` overrides it, to make an impostor).
+    pub fn write(dir: &Path, name: &str, identity: Option<&str>) -> Self {
+        let node_id = format!("{name}.default");
+        let identity = identity
+            .map(str::to_owned)
+            .unwrap_or_else(|| workload_identity(dir, name));
+        let tokens = dir.join(".weft/tokens");
+        std::fs::create_dir_all(&tokens).expect("create token dir");
+        let token_file = tokens.join(format!("{node_id}.json"));
+        let token = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let json = serde_json::json!({"token": token, "identity": identity, "node_id": node_id});
+        std::fs::write(&token_file, json.to_string()).expect("write token");
+        Self {
+            ca_root: dir.join(".weft/ca/root-cert.pem"),
+            token_file,
+        }
+    }
+}
+
+/// The SPIFFE ID of WorkloadEntry `default/<name>` in `dir`, read with the control plane's
+/// own config library.
+pub fn workload_identity(dir: &Path, name: &str) -> String {
+    let mut index = weft_config::Index::new(weft_config::MeshSettings::default());
+    for entry in std::fs::read_dir(dir).expect("list config dir").flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("read config");
+            index.apply_file(&path, &text);
+        }
+    }
+    let model = index.model();
+    model
+        .resources()
+        .into_iter()
+        .find_map(|r| match r {
+            weft_config::Resource::WorkloadEntry(we) if we.name() == name => Some(
+                model
+                    .settings
+                    .spiffe_id(we.namespace(), we.spec.service_account()),
+            ),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no WorkloadEntry default/{name} in {}", dir.display()))
 }
 
 /// `weft-proxy run` for one workload.
@@ -211,10 +293,27 @@ impl Proxy {
     }
 
     pub async fn start_with(net: Net, host: u8, name: &str, cp: &ControlPlane, mode: &str) -> Self {
+        let creds = Credentials::write(&cp.dir, name, None);
+        Self::start_full(net, host, name, cp, mode, &creds).await
+    }
+
+    /// Starts a sidecar with the given credentials (another root, another identity...).
+    pub async fn start_full(
+        net: Net,
+        host: u8,
+        name: &str,
+        cp: &ControlPlane,
+        mode: &str,
+        creds: &Credentials,
+    ) -> Self {
         let ip = net.ip(host);
         let node_id = format!("{name}.default");
         let args = vec![
             "run".to_string(),
+            "--ca-root".to_string(),
+            creds.ca_root.display().to_string(),
+            "--token-file".to_string(),
+            creds.token_file.display().to_string(),
             "--node-id".to_string(),
             node_id.clone(),
             "--address".to_string(),

@@ -93,6 +93,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let workloads = local::load_workloads(&dir)?;
     let plan = local::plan(&up, &workloads)?;
     local::check_ports(&plan)?;
+    crate::identity::write_tokens(&dir, &workloads)?;
     let logs = if args.verbose {
         Logs::All
     } else {
@@ -342,6 +343,7 @@ mod tests {
             name: name.into(),
             namespace: "default".into(),
             address: IpAddr::from([127, 0, 10, last]),
+            identity: format!("spiffe://cluster.local/ns/default/sa/{name}"),
         };
         let plans = app_plans(&[w("loadgen", 10), w("reviews-v2", 22)]);
         assert_eq!(plans.len(), 1);

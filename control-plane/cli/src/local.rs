@@ -21,6 +21,8 @@ use anyhow::{Context as _, anyhow, bail};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::identity;
+
 /// Ports of a sidecar, fixed by DESIGN.md; in local mode each workload has its own address, so
 /// every sidecar can use the same numbers.
 pub(crate) const OUTBOUND_PORT: u16 = 15001;
@@ -62,6 +64,8 @@ pub(crate) struct Workload {
     pub(crate) name: String,
     pub(crate) namespace: String,
     pub(crate) address: IpAddr,
+    /// The SPIFFE ID its sidecar may ask the CA for (from the WorkloadEntry's serviceAccount).
+    pub(crate) identity: String,
 }
 
 impl Workload {
@@ -149,6 +153,10 @@ pub(crate) fn plan(args: &UpArgs, workloads: &[Workload]) -> anyhow::Result<Plan
                 &xds.to_string(),
                 "--xds-mode",
                 &args.xds_mode,
+                "--ca-root",
+                &identity::ca_root(&args.dir).display().to_string(),
+                "--token-file",
+                &identity::token_file(&args.dir, w).display().to_string(),
                 "--log",
                 &args.log,
             ]),
@@ -246,10 +254,15 @@ pub(crate) fn load_workloads(dir: &Path) -> anyhow::Result<Vec<Workload>> {
         let address = address.parse().map_err(|_| {
             anyhow!("WorkloadEntry {namespace}/{name}: address {address:?} is not an IP address")
         })?;
+        let identity = index
+            .model()
+            .settings
+            .spiffe_id(namespace, we.spec.service_account());
         workloads.push(Workload {
             name: name.to_string(),
             namespace: namespace.to_string(),
             address,
+            identity,
         });
     }
     if workloads.is_empty() {
@@ -554,6 +567,7 @@ fn run_up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let workloads = load_workloads(&args.dir)?;
     let plan = plan(&args, &workloads)?;
     check_ports(&plan)?;
+    identity::write_tokens(&args.dir, &workloads)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -597,6 +611,7 @@ mod tests {
             name: name.into(),
             namespace: "default".into(),
             address: addr.parse().unwrap(),
+            identity: format!("spiffe://cluster.local/ns/default/sa/{name}"),
         }
     }
 

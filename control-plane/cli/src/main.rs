@@ -11,6 +11,7 @@
 
 mod apps;
 mod demo;
+mod identity;
 mod local;
 mod proxy_client;
 
