@@ -138,6 +138,7 @@ async fn the_demo_runs_and_stops_by_itself() {
         "the sidecars followed within",
         "loadgen",
         "productpage-v1",
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
         "everything stopped",
     ] {
         assert!(

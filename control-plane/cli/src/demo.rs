@@ -5,7 +5,8 @@
 //! 1. the reviews split the VirtualService asks for (80/20 between v1 and v3);
 //! 2. a header-matched route (`end-user: jason` always reaches v2);
 //! 3. a live edit of the VirtualService file (everything to v3) and how soon the sidecars follow;
-//! 4. per-edge request counts, read from every sidecar's `/metrics`.
+//! 4. per-edge request counts, read from every sidecar's `/metrics`;
+//! 5. the SPIFFE identity each receiving sidecar verified over mutual TLS.
 //!
 //! It stops by itself when done, unless `--keep-running` is given.
 
@@ -172,15 +173,15 @@ async fn tour(dir: &Path, args: &DemoArgs, proxies: &[SocketAddr]) -> anyhow::Re
     let loadgen = Client::new(SocketAddr::from(([127, 0, 10, 10], local::OUTBOUND_PORT)));
     let n = args.requests;
 
-    println!("[1/4] reviews-routing.yaml splits reviews 80/20 between v1 and v3; {n} requests:");
+    println!("[1/5] reviews-routing.yaml splits reviews 80/20 between v1 and v3; {n} requests:");
     let split = measure(&loadgen, n, None).await?;
     print_split(&split, n);
 
-    println!("\n[2/4] the same file sends `end-user: jason` to v2; 50 requests as jason:");
+    println!("\n[2/5] the same file sends `end-user: jason` to v2; 50 requests as jason:");
     let jason = measure(&loadgen, 50, Some("jason")).await?;
     print_split(&jason, 50);
 
-    println!("\n[3/4] editing reviews-routing.yaml live: v1 0, v3 100 ...");
+    println!("\n[3/5] editing reviews-routing.yaml live: v1 0, v3 100 ...");
     let file = dir.join("reviews-routing.yaml");
     let text = std::fs::read_to_string(&file)?;
     let edited = text
@@ -195,9 +196,20 @@ async fn tour(dir: &Path, args: &DemoArgs, proxies: &[SocketAddr]) -> anyhow::Re
     let after = measure(&loadgen, n, None).await?;
     print_split(&after, n);
 
-    println!("\n[4/4] requests per edge, from the sidecars' /metrics:");
-    for ((from, to), count) in edges(proxies).await? {
+    println!("\n[4/5] requests per edge, from the sidecars' /metrics:");
+    let (outbound, inbound) = edges(proxies).await?;
+    for ((from, to), count) in outbound {
         println!("      {from:<16} -> {to:<16} {count:>6}");
+    }
+
+    println!("\n[5/5] mutual TLS: the peer identity each receiving sidecar verified:");
+    for ((principal, to), count) in inbound {
+        let principal = if principal.is_empty() {
+            "(plaintext: no peer identity)".to_string()
+        } else {
+            principal
+        };
+        println!("      {principal:<56} -> {to:<16} {count:>6}");
     }
     Ok(())
 }
@@ -266,28 +278,34 @@ fn print_split(counts: &BTreeMap<String, usize>, n: usize) {
     }
 }
 
-/// Sums `weft_requests_total{direction="outbound"}` over every sidecar, by source and
-/// destination workload.
-async fn edges(proxies: &[SocketAddr]) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+type Edges = BTreeMap<(String, String), u64>;
+
+/// Sums `weft_requests_total` over every sidecar: outbound by source and destination workload,
+/// inbound by the peer identity (SPIFFE ID) the receiving sidecar verified.
+async fn edges(proxies: &[SocketAddr]) -> anyhow::Result<(Edges, Edges)> {
     let mut edges = BTreeMap::new();
+    let mut principals = BTreeMap::new();
     for admin in proxies {
         let resp = Client::new(*admin)
             .get(&format!("http://{admin}/metrics"), &[])
             .await?;
         let text = String::from_utf8_lossy(&resp.body);
         for (labels, value) in samples(&text, "weft_requests_total") {
-            if labels.get("direction").map(String::as_str) != Some("outbound") {
-                continue;
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            match labels.get("direction").map(String::as_str) {
+                Some("outbound") => {
+                    let key = (label("source_workload"), label("destination_workload"));
+                    *edges.entry(key).or_insert(0) += value as u64;
+                }
+                Some("inbound") => {
+                    let key = (label("source_principal"), label("destination_workload"));
+                    *principals.entry(key).or_insert(0) += value as u64;
+                }
+                _ => {}
             }
-            let from = labels.get("source_workload").cloned().unwrap_or_default();
-            let to = labels
-                .get("destination_workload")
-                .cloned()
-                .unwrap_or_default();
-            *edges.entry((from, to)).or_insert(0) += value as u64;
         }
     }
-    Ok(edges)
+    Ok((edges, principals))
 }
 
 /// Parses the samples of one metric from Prometheus text exposition format.
