@@ -33,6 +33,9 @@ pub enum ErrorKind {
     NotReady,
     /// The TLS handshake to the peer proxy failed (unknown issuer, expired, no certificate...).
     UpstreamTlsFailed,
+    /// The cluster asks for upstream TLS this proxy cannot do (MUTUAL: no client certificate
+    /// on the wire yet), or its TLS settings could not be loaded.
+    UpstreamTlsUnsupported,
     /// The peer proxy presented a SPIFFE ID outside the identities expected (secure naming).
     UpstreamIdentityMismatch,
     /// Inbound: plaintext to a port whose PeerAuthentication mode is STRICT.
@@ -77,6 +80,7 @@ impl ErrorKind {
             Self::NotReady => "not-ready",
             Self::UpstreamTlsFailed => "upstream-tls-failed",
             Self::UpstreamIdentityMismatch => "upstream-identity-mismatch",
+            Self::UpstreamTlsUnsupported => "upstream-tls-unsupported",
             Self::MtlsRequired => "mtls-required",
             Self::MtlsDisabled => "mtls-disabled",
         }
@@ -91,6 +95,7 @@ impl ErrorKind {
             | Self::UpstreamConnectFailed
             | Self::NotReady
             | Self::UpstreamTlsFailed
+            | Self::UpstreamTlsUnsupported
             | Self::UpstreamIdentityMismatch => StatusCode::SERVICE_UNAVAILABLE,
             Self::MtlsRequired | Self::MtlsDisabled => StatusCode::FORBIDDEN,
             Self::UpstreamReset => StatusCode::BAD_GATEWAY,
@@ -100,7 +105,10 @@ impl ErrorKind {
     fn origin(self) -> Origin {
         match self {
             Self::BadRequest => Origin::Downstream,
-            Self::NoRoute | Self::NoCluster | Self::PortNotServed => Origin::Policy,
+            Self::NoRoute
+            | Self::NoCluster
+            | Self::PortNotServed
+            | Self::UpstreamTlsUnsupported => Origin::Policy,
             Self::NoHealthyUpstream
             | Self::UpstreamConnectFailed
             | Self::UpstreamReset

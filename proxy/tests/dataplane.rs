@@ -148,6 +148,7 @@ fn add_service(parts: &mut Parts, name: &str, svc_port: u16, ep: Endpoint) {
             protocol: Protocol::Http,
             lb: LbPolicy::RoundRobin,
             tls: UpstreamTlsMode::Auto,
+            origination: None,
             identities: vec![],
         }),
     );

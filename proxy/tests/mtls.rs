@@ -199,6 +199,7 @@ fn client_parts(app: SocketAddr, mesh_port: u16, identities: Vec<String>) -> Par
             protocol: Protocol::Http,
             lb: LbPolicy::RoundRobin,
             tls: UpstreamTlsMode::Auto,
+            origination: None,
             identities,
         }),
     );

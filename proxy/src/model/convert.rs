@@ -361,6 +361,7 @@ impl TryFrom<&pb::Cluster> for ClusterSpec {
             // issue brings it (see mesh.proto).
             Simple::Unspecified | Simple::RoundRobin | Simple::LeastRequest => LbPolicy::RoundRobin,
         };
+        let (tls, origination) = upstream_tls(c.tls.as_ref())?;
         Ok(Self {
             name: c.name.clone(),
             service: c.service.clone(),
@@ -368,32 +369,54 @@ impl TryFrom<&pb::Cluster> for ClusterSpec {
             subset: c.subset.clone(),
             protocol: protocol(c.protocol),
             lb,
-            tls: upstream_tls(c.tls.as_ref())?,
+            tls,
+            origination,
             identities: c.identities.clone(),
         })
     }
 }
 
-/// The client-side TLS mode. SIMPLE and MUTUAL (TLS to servers outside the mesh) are refused
-/// until the proxy can originate such TLS: accepting them would silently send plaintext.
-fn upstream_tls(t: Option<&pb::UpstreamTls>) -> Result<UpstreamTlsMode, InvalidResource> {
+/// The client-side TLS mode and, for SIMPLE/MUTUAL, its settings. Only malformed data is
+/// refused (an unknown mode, inline PEM that does not parse, an SNI that is no server name):
+/// a NACK rejects the whole response, so anything the proxy merely cannot do (MUTUAL, an
+/// unreadable CA file) fails that cluster's requests instead.
+fn upstream_tls(
+    t: Option<&pb::UpstreamTls>,
+) -> Result<(UpstreamTlsMode, Option<OriginationTls>), InvalidResource> {
     use pb::upstream_tls::Mode;
     let Some(t) = t else {
-        return Ok(UpstreamTlsMode::Auto);
+        return Ok((UpstreamTlsMode::Auto, None));
     };
-    match Mode::try_from(t.mode) {
-        Ok(Mode::Auto) => Ok(UpstreamTlsMode::Auto),
-        Ok(Mode::Disable) => Ok(UpstreamTlsMode::Disable),
-        Ok(Mode::IstioMutual) => Ok(UpstreamTlsMode::IstioMutual),
-        Ok(m @ (Mode::Simple | Mode::Mutual)) => Err(invalid(
-            "tls.mode",
-            format!(
-                "{} (TLS to a server outside the mesh) is not supported by this proxy yet",
-                m.as_str_name()
-            ),
-        )),
-        Err(_) => Err(invalid("tls.mode", format!("unknown mode {}", t.mode))),
+    let mode = match Mode::try_from(t.mode) {
+        Ok(Mode::Auto) => return Ok((UpstreamTlsMode::Auto, None)),
+        Ok(Mode::Disable) => return Ok((UpstreamTlsMode::Disable, None)),
+        Ok(Mode::IstioMutual) => return Ok((UpstreamTlsMode::IstioMutual, None)),
+        Ok(Mode::Simple) => UpstreamTlsMode::Simple,
+        Ok(Mode::Mutual) => UpstreamTlsMode::Mutual,
+        Err(_) => return Err(invalid("tls.mode", format!("unknown mode {}", t.mode))),
+    };
+    if !t.sni.is_empty() {
+        rustls_pki_types::ServerName::try_from(t.sni.as_str())
+            .map_err(|e| invalid("tls.sni", format!("{:?} is not a server name: {e}", t.sni)))?;
     }
+    let ca = t.ca_certificates.trim();
+    let ca_certificates = if ca.is_empty() {
+        CaCertificates::System
+    } else if ca.starts_with("-----BEGIN") {
+        check_pem_certs(ca).map_err(|r| invalid("tls.ca_certificates", r))?;
+        CaCertificates::Inline(ca.to_string())
+    } else {
+        CaCertificates::File(ca.to_string())
+    };
+    Ok((
+        mode,
+        Some(OriginationTls {
+            sni: t.sni.clone(),
+            subject_alt_names: t.subject_alt_names.clone(),
+            ca_certificates,
+            insecure_skip_verify: t.insecure_skip_verify,
+        }),
+    ))
 }
 
 /// Converts an `Endpoints` resource into its endpoint list.

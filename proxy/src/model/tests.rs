@@ -130,7 +130,7 @@ fn snapshot_indexes_names_and_aliases_and_joins_endpoints() {
 }
 
 #[test]
-fn tls_fields_convert_and_unsupported_modes_are_nacked() {
+fn tls_fields_convert_and_only_malformed_ones_are_nacked() {
     let mut c = pb::Cluster {
         name: "outbound|9080||reviews".into(),
         port: 9080,
@@ -153,14 +153,47 @@ fn tls_fields_convert_and_unsupported_modes_are_nacked() {
         });
         assert_eq!(ClusterSpec::try_from(&c).unwrap().tls, want);
     }
+    // SIMPLE and MUTUAL are accepted: what the proxy cannot do fails requests, not config.
+    let tls = |mode: pb::upstream_tls::Mode, ca: &str, sni: &str| pb::UpstreamTls {
+        mode: mode as i32,
+        ca_certificates: ca.into(),
+        sni: sni.into(),
+        subject_alt_names: vec!["secure.example.com".into()],
+        ..Default::default()
+    };
+    c.tls = Some(tls(
+        pb::upstream_tls::Mode::Simple,
+        "",
+        "secure.example.com",
+    ));
+    let spec = ClusterSpec::try_from(&c).unwrap();
+    assert_eq!(spec.tls, UpstreamTlsMode::Simple);
+    let o = spec.origination.unwrap();
+    assert_eq!(o.ca_certificates, CaCertificates::System);
+    assert_eq!(o.sni, "secure.example.com");
+    // Anything not starting with "-----BEGIN" is a path on the proxy (read later).
+    c.tls = Some(tls(pb::upstream_tls::Mode::Mutual, "/etc/certs/ca.pem", ""));
+    let spec = ClusterSpec::try_from(&c).unwrap();
+    assert_eq!(spec.tls, UpstreamTlsMode::Mutual);
+    assert_eq!(
+        spec.origination.unwrap().ca_certificates,
+        CaCertificates::File("/etc/certs/ca.pem".into())
+    );
+    // Malformed data is NACKed: inline PEM that does not parse, an SNI that is no name.
+    c.tls = Some(tls(
+        pb::upstream_tls::Mode::Simple,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        "",
+    ));
+    let e = ClusterSpec::try_from(&c).unwrap_err();
+    assert_eq!(e.field, "tls.ca_certificates", "{e}");
+    c.tls = Some(tls(pb::upstream_tls::Mode::Simple, "", "bad name!"));
+    assert_eq!(ClusterSpec::try_from(&c).unwrap_err().field, "tls.sni");
     c.tls = Some(pb::UpstreamTls {
-        mode: pb::upstream_tls::Mode::Simple as i32,
-        ca_certificates: "x".into(),
+        mode: 99,
         ..Default::default()
     });
-    let e = ClusterSpec::try_from(&c).unwrap_err();
-    assert_eq!(e.field, "tls.mode");
-    assert!(e.reason.contains("SIMPLE"), "{e}");
+    assert_eq!(ClusterSpec::try_from(&c).unwrap_err().field, "tls.mode");
 
     let mut i = pb::Inbound {
         mtls_mode: pb::MtlsMode::Strict as i32,

@@ -40,6 +40,103 @@ pub enum UpstreamTlsMode {
     Auto,
     Disable,
     IstioMutual,
+    /// TLS origination to the endpoint (a server outside the mesh), verified per
+    /// [`OriginationTls`].
+    Simple,
+    /// Like SIMPLE plus a client certificate, which the wire format cannot carry yet: requests
+    /// are refused (503 `upstream-tls-unsupported`), the config is not.
+    Mutual,
+}
+
+/// Where SIMPLE's roots come from (`UpstreamTls.ca_certificates`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaCertificates {
+    /// Empty: the compiled-in Mozilla roots (webpki-roots).
+    System,
+    /// PEM text given inline (checked at apply time).
+    Inline(String),
+    /// A path on the proxy's filesystem, as in Istio; read when a snapshot is built.
+    File(String),
+}
+
+/// SIMPLE/MUTUAL settings as configured (DestinationRule `trafficPolicy.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OriginationTls {
+    /// Empty: the cluster's service host.
+    pub sni: String,
+    pub subject_alt_names: Vec<String>,
+    pub ca_certificates: CaCertificates,
+    pub insecure_skip_verify: bool,
+}
+
+/// The roots a SIMPLE server must chain to, loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TlsRoots {
+    System,
+    Certs(Arc<[rustls_pki_types::CertificateDer<'static>]>),
+}
+
+/// SIMPLE TLS origination ready for the data path: SNI resolved, roots loaded. Built with the
+/// snapshot, so a handshake reads no file. Equality is by content (it is part of the pool key:
+/// two clusters share TLS connections only when they verify the same way); the hash is
+/// computed once.
+#[derive(Debug)]
+pub struct SimpleTls {
+    /// The cluster, for logs and error bodies (not part of equality).
+    pub cluster: String,
+    /// SNI and, without `subject_alt_names`, the name the certificate must be valid for.
+    pub server_name: String,
+    pub subject_alt_names: Vec<String>,
+    pub roots: TlsRoots,
+    pub insecure_skip_verify: bool,
+    hash: u64,
+}
+
+impl SimpleTls {
+    pub fn new(
+        cluster: String,
+        server_name: String,
+        subject_alt_names: Vec<String>,
+        roots: TlsRoots,
+        insecure_skip_verify: bool,
+    ) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &server_name,
+            &subject_alt_names,
+            &roots,
+            insecure_skip_verify,
+        )
+            .hash(&mut h);
+        Self {
+            cluster,
+            server_name,
+            subject_alt_names,
+            roots,
+            insecure_skip_verify,
+            hash: h.finish(),
+        }
+    }
+}
+
+impl PartialEq for SimpleTls {
+    fn eq(&self, o: &Self) -> bool {
+        self.hash == o.hash
+            && self.server_name == o.server_name
+            && self.subject_alt_names == o.subject_alt_names
+            && self.insecure_skip_verify == o.insecure_skip_verify
+            && self.roots == o.roots
+    }
+}
+
+impl Eq for SimpleTls {}
+
+impl std::hash::Hash for SimpleTls {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 /// The workload this proxy serves.
@@ -243,6 +340,9 @@ pub struct ClusterSpec {
     pub protocol: Protocol,
     pub lb: LbPolicy,
     pub tls: UpstreamTlsMode,
+    /// SIMPLE/MUTUAL settings; `None` for the other modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origination: Option<OriginationTls>,
     /// Secure naming: the SPIFFE IDs a server of this cluster may present; empty means
     /// each endpoint's own `identity`.
     pub identities: Vec<String>,
@@ -254,6 +354,13 @@ pub struct Cluster {
     #[serde(flatten)]
     pub spec: Arc<ClusterSpec>,
     pub endpoints: Arc<[Endpoint]>,
+    /// SIMPLE only: the loaded TLS settings, or why they could not be loaded (an unreadable
+    /// `ca_certificates` file), which then fails this cluster's requests (not the config).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_origination"
+    )]
+    pub origination: Option<Result<Arc<SimpleTls>, String>>,
     /// Round-robin position. The only mutable thing in a snapshot: it is balancer state, not
     /// config, and restarting it at 0 when a new snapshot arrives is harmless.
     #[serde(skip)]
@@ -261,10 +368,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Joins `spec` with `endpoints`; for SIMPLE this loads the roots (reads the
+    /// `ca_certificates` file when it is a path).
     pub fn new(spec: Arc<ClusterSpec>, endpoints: Arc<[Endpoint]>) -> Self {
+        let origination = match (&spec.tls, &spec.origination) {
+            (UpstreamTlsMode::Simple, Some(o)) => Some(resolve_simple(&spec, o).map(Arc::new)),
+            (UpstreamTlsMode::Simple, None) => Some(Ok(Arc::new(SimpleTls::new(
+                spec.name.clone(),
+                spec.service.clone(),
+                Vec::new(),
+                TlsRoots::System,
+                false,
+            )))),
+            _ => None,
+        };
         Self {
             spec,
             endpoints,
+            origination,
             cursor: AtomicUsize::new(0),
         }
     }
@@ -272,6 +393,82 @@ impl Cluster {
     /// Advances the round-robin cursor and returns its previous value.
     pub fn next_tick(&self) -> usize {
         self.cursor.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// SIMPLE settings -> what a dial needs. Errors are sentences for the 503 body.
+fn resolve_simple(spec: &ClusterSpec, o: &OriginationTls) -> Result<SimpleTls, String> {
+    let server_name = if o.sni.is_empty() {
+        spec.service.clone()
+    } else {
+        o.sni.clone()
+    };
+    let roots = match &o.ca_certificates {
+        CaCertificates::System => TlsRoots::System,
+        CaCertificates::Inline(pem) => TlsRoots::Certs(parse_pem_certs(pem)?.into()),
+        CaCertificates::File(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read ca_certificates file {path}: {e}"))?;
+            TlsRoots::Certs(
+                parse_pem_certs(&pem)
+                    .map_err(|e| format!("ca_certificates file {path}: {e}"))?
+                    .into(),
+            )
+        }
+    };
+    if o.insecure_skip_verify {
+        warn_insecure_once(&spec.name);
+    }
+    Ok(SimpleTls::new(
+        spec.name.clone(),
+        server_name,
+        o.subject_alt_names.clone(),
+        roots,
+        o.insecure_skip_verify,
+    ))
+}
+
+/// Every certificate of a PEM text; at least one.
+pub(crate) fn parse_pem_certs(
+    pem: &str,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certs)
+}
+
+/// `insecure_skip_verify` deserves a warning, but snapshots are rebuilt on every update: once
+/// per cluster name is enough.
+fn warn_insecure_once(cluster: &str) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static WARNED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let mut warned = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if warned.insert(cluster.to_string()) {
+        tracing::warn!(
+            cluster,
+            "tls.insecureSkipVerify: the server's certificate is NOT verified for this cluster"
+        );
+    }
+}
+
+fn ser_origination<S: Serializer>(
+    o: &Option<Result<Arc<SimpleTls>, String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match o {
+        Some(Ok(t)) => s.serialize_str(&format!("SIMPLE to {}", t.server_name)),
+        Some(Err(e)) => s.serialize_str(&format!("unusable: {e}")),
+        None => s.serialize_none(),
     }
 }
 

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
-use crate::model::{ClusterSpec, Endpoint, SharedSnapshot, Snapshot, UpstreamTlsMode};
+use crate::model::{Cluster, Endpoint, SharedSnapshot, SimpleTls, Snapshot, UpstreamTlsMode};
 use crate::routing::{self, RequestView};
 use crate::telemetry::{Metrics, RequestLabels};
 use crate::transport::{
@@ -65,6 +65,8 @@ pub enum Hop {
     Mesh(SocketAddr, MeshSecurity),
     /// Straight to the endpoint (no sidecar there), plaintext.
     Direct,
+    /// Straight to the endpoint, over TLS this proxy originates (SIMPLE).
+    Originate(Arc<SimpleTls>),
 }
 
 /// DestinationRule TLS mode x endpoint x our identity -> the hop. Pure (decide, then act).
@@ -73,18 +75,47 @@ pub enum Hop {
 /// - AUTO: mTLS to endpoints with a sidecar when this proxy has an identity, else plaintext;
 /// - ISTIO_MUTUAL: mTLS, and an error when it cannot be done (no sidecar or no identity),
 ///   rather than silently sending plaintext.
+/// - SIMPLE: TLS from this proxy straight to the endpoint's address (as Istio: the
+///   DestinationRule overrides auto mTLS, the server must speak TLS itself); when its roots
+///   could not be loaded, a 503 `upstream-tls-unsupported` saying why.
+/// - MUTUAL: 503 `upstream-tls-unsupported` (no client certificate on the wire yet), never
+///   plaintext.
 ///
 /// Secure naming: the server must present one of `cluster.identities`, or, when the control
 /// plane sent none, the endpoint's own identity; with neither, mTLS fails closed.
-pub fn choose_hop(
-    cluster: &ClusterSpec,
-    ep: &Endpoint,
-    have_identity: bool,
-) -> Result<Hop, ProxyError> {
+pub fn choose_hop(joined: &Cluster, ep: &Endpoint, have_identity: bool) -> Result<Hop, ProxyError> {
+    let cluster = &*joined.spec;
     let mutual = match cluster.tls {
         UpstreamTlsMode::Disable => false,
         UpstreamTlsMode::Auto => have_identity,
         UpstreamTlsMode::IstioMutual => true,
+        UpstreamTlsMode::Simple => {
+            return match &joined.origination {
+                Some(Ok(t)) => Ok(Hop::Originate(t.clone())),
+                Some(Err(why)) => Err(ProxyError::new(
+                    ErrorKind::UpstreamTlsUnsupported,
+                    format!(
+                        "cluster {} (tls SIMPLE) cannot originate TLS: {why}",
+                        cluster.name
+                    ),
+                )),
+                None => Err(ProxyError::new(
+                    ErrorKind::UpstreamTlsUnsupported,
+                    format!("cluster {} (tls SIMPLE) has no TLS settings", cluster.name),
+                )),
+            };
+        }
+        UpstreamTlsMode::Mutual => {
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamTlsUnsupported,
+                format!(
+                    "cluster {} asks for tls MUTUAL (TLS with a client certificate to a server \
+                     outside the mesh), which this proxy cannot do yet: the config carries no \
+                     client certificate; the request was not sent (no plaintext fallback)",
+                    cluster.name
+                ),
+            ));
+        }
     };
     let Some(peer) = ep.mesh_addr() else {
         if cluster.tls == UpstreamTlsMode::IstioMutual {
@@ -204,7 +235,7 @@ impl Outbound {
         })?;
         let mut up = Request::from_parts(parts, body::boxed(body));
 
-        let rsp = match choose_hop(&decision.cluster.spec, ep, self.mtls)? {
+        let rsp = match choose_hop(&decision.cluster, ep, self.mtls)? {
             Hop::Mesh(peer, security) => {
                 let h = up.headers_mut();
                 // HTTP/2 carries the authority in :authority; a Host header would duplicate it.
@@ -217,6 +248,11 @@ impl Outbound {
                 self.connector.mesh_request(peer, &security, up).await?
             }
             Hop::Direct => self.connector.http_request(ep.addr, proto, up).await?,
+            Hop::Originate(tls) => {
+                self.connector
+                    .origin_request(ep.addr, &tls, proto, up)
+                    .await?
+            }
         };
         Ok(relay_response(rsp))
     }
@@ -252,11 +288,12 @@ impl Outbound {
         dest.workload = ep.workload_name().0.to_string();
 
         // Connect before answering, so a failure is a readable 503 instead of a dead tunnel.
-        let upstream = match choose_hop(&decision.cluster.spec, ep, self.mtls)? {
+        let upstream = match choose_hop(&decision.cluster, ep, self.mtls)? {
             Hop::Mesh(peer, security) => {
                 self.connector.mesh_tunnel(peer, &security, ep.addr).await?
             }
             Hop::Direct => self.connector.tcp(ep.addr).await?,
+            Hop::Originate(tls) => self.connector.origin_tunnel(ep.addr, &tls).await?,
         };
         tokio::spawn(splice_upgrade(req, upstream, ep.addr));
         Ok(Response::new(body::empty()))

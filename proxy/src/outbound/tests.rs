@@ -9,8 +9,16 @@ use crate::errors::ErrorKind;
 const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
 const OTHER: &str = "spiffe://cluster.local/ns/default/sa/reviews-v2";
 
-fn spec(tls: UpstreamTlsMode, identities: &[&str]) -> ClusterSpec {
-    ClusterSpec {
+fn spec(tls: UpstreamTlsMode, identities: &[&str]) -> Cluster {
+    spec_with(tls, identities, None)
+}
+
+fn spec_with(
+    tls: UpstreamTlsMode,
+    identities: &[&str],
+    origination: Option<crate::model::OriginationTls>,
+) -> Cluster {
+    let spec = crate::model::ClusterSpec {
         name: "outbound|9080||reviews".into(),
         service: "reviews".into(),
         port: 9080,
@@ -18,8 +26,10 @@ fn spec(tls: UpstreamTlsMode, identities: &[&str]) -> ClusterSpec {
         protocol: crate::model::Protocol::Http,
         lb: crate::model::LbPolicy::RoundRobin,
         tls,
+        origination,
         identities: identities.iter().map(|s| s.to_string()).collect(),
-    }
+    };
+    Cluster::new(Arc::new(spec), Arc::from(Vec::new()))
 }
 
 fn ep(mesh_port: Option<u16>, identity: &str) -> Endpoint {
@@ -93,4 +103,48 @@ fn mtls_that_cannot_be_checked_fails_closed() {
     )
     .unwrap_err();
     assert!(e.detail.contains("secure naming"), "{e}");
+}
+
+#[test]
+fn simple_originates_tls_and_mutual_is_refused_not_downgraded() {
+    use crate::model::{CaCertificates, OriginationTls};
+    let o = |ca| OriginationTls {
+        sni: String::new(),
+        subject_alt_names: vec![],
+        ca_certificates: ca,
+        insecure_skip_verify: false,
+    };
+    // SIMPLE: TLS to the endpoint itself, sidecar or not; SNI defaults to the service host.
+    for mesh_port in [None, Some(15006)] {
+        let c = spec_with(
+            UpstreamTlsMode::Simple,
+            &[],
+            Some(o(CaCertificates::System)),
+        );
+        match choose_hop(&c, &ep(mesh_port, REVIEWS), true).unwrap() {
+            Hop::Originate(t) => assert_eq!(t.server_name, "reviews"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // An unreadable CA file fails the cluster's requests, naming the file.
+    let c = spec_with(
+        UpstreamTlsMode::Simple,
+        &[],
+        Some(o(CaCertificates::File("/nonexistent/ca.pem".into()))),
+    );
+    let e = choose_hop(&c, &ep(None, ""), true).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UpstreamTlsUnsupported);
+    assert!(e.detail.contains("/nonexistent/ca.pem"), "{e}");
+    // MUTUAL: refused with a reason, whatever the endpoint.
+    let c = spec_with(
+        UpstreamTlsMode::Mutual,
+        &[],
+        Some(o(CaCertificates::System)),
+    );
+    let e = choose_hop(&c, &ep(None, ""), true).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UpstreamTlsUnsupported);
+    assert!(
+        e.detail.contains("outbound|9080||reviews") && e.detail.contains("MUTUAL"),
+        "{e}"
+    );
 }

@@ -70,6 +70,7 @@ fn mk_spec(name: &str, lb: LbPolicy) -> ClusterSpec {
         protocol: Protocol::Http,
         lb,
         tls: UpstreamTlsMode::Auto,
+        origination: None,
         identities: vec![],
     }
 }

@@ -12,13 +12,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::h2pool::{H2Pool, PoolConfig, PoolError, PoolKey};
+use super::origin::{OriginClients, OriginError};
 use super::tls::{MeshClientTls, MeshSecurity, TlsFailure, TlsReason};
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
+use crate::model::SimpleTls;
 use crate::telemetry::Metrics;
 
 /// What the application spoke, and so what the last hop speaks to the destination app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AppProtocol {
     Http1,
     H2,
@@ -62,6 +64,8 @@ struct Inner {
     h2: H2Pool,
     /// HTTP/1.1 to workloads without a sidecar, and to the local app.
     h1: Client<HttpConnector, Body>,
+    /// TLS origination (SIMPLE) to servers outside the mesh.
+    origin: OriginClients,
     connect_timeout: Duration,
     /// Our side of mesh mTLS; `None` when the proxy runs without an identity (plaintext).
     tls: Option<Arc<dyn MeshClientTls>>,
@@ -100,6 +104,7 @@ impl Connector {
                 mesh: H2Pool::new(PoolConfig::new(connect_timeout)),
                 h2: H2Pool::new(PoolConfig::new(connect_timeout)),
                 h1,
+                origin: OriginClients::default(),
                 connect_timeout,
                 tls,
                 metrics,
@@ -283,6 +288,111 @@ impl Connector {
                         )
                     }
                 })
+            }
+        }
+    }
+
+    /// HTTP over TLS that this proxy originates (DestinationRule SIMPLE) to `addr`, in the
+    /// protocol the app spoke (ALPN h2 or http/1.1), pooled per endpoint and TLS settings.
+    /// `req`'s URI must be absolute; its authority (what the app named) is kept for `Host` /
+    /// `:authority`.
+    pub async fn origin_request(
+        &self,
+        addr: SocketAddr,
+        tls: &Arc<SimpleTls>,
+        proto: AppProtocol,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let authority = req
+            .uri()
+            .authority()
+            .map_or_else(|| tls.server_name.clone(), |a| a.as_str().to_string());
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        *req.uri_mut() = Uri::try_from(format!("https://{authority}{pq}")).map_err(|e| {
+            ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
+        })?;
+        match proto {
+            AppProtocol::H2 => {
+                *req.version_mut() = Version::HTTP_2;
+                req.headers_mut().remove(http::header::HOST);
+            }
+            AppProtocol::Http1 => {
+                *req.version_mut() = Version::HTTP_11;
+                if let Ok(v) = http::HeaderValue::from_str(&authority) {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+            }
+        }
+        let client = self
+            .inner
+            .origin
+            .client(addr, tls, proto, self.inner.connect_timeout);
+        client.request(req).await.map_err(|e| {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = cur {
+                if let Some(o) = err.downcast_ref::<OriginError>() {
+                    return self.origin_error(tls, o);
+                }
+                cur = err.source();
+            }
+            let kind = if e.is_connect() {
+                ErrorKind::UpstreamConnectFailed
+            } else {
+                ErrorKind::UpstreamReset
+            };
+            ProxyError::new(
+                kind,
+                format!(
+                    "request to upstream {addr} over TLS ({}) failed: {}",
+                    tls.server_name,
+                    error_chain(&e)
+                ),
+            )
+        })
+    }
+
+    /// Opaque TCP over TLS this proxy originates (SIMPLE), for CONNECT: the app's bytes are
+    /// encrypted to `addr`. No ALPN is offered (the protocol inside is unknown).
+    pub async fn origin_tunnel(
+        &self,
+        addr: SocketAddr,
+        tls: &Arc<SimpleTls>,
+    ) -> Result<Tunnel, ProxyError> {
+        super::origin::dial(addr, tls, None, self.inner.connect_timeout)
+            .await
+            .map(|s| Box::new(s) as Tunnel)
+            .map_err(|e| self.origin_error(tls, &e))
+    }
+
+    /// A failed origination dial: TLS failures are logged at warn and counted (direction
+    /// outbound); the body names the host, the address and the reason.
+    fn origin_error(&self, tls: &SimpleTls, e: &OriginError) -> ProxyError {
+        match e {
+            OriginError::Connect { addr, reason } => ProxyError::new(
+                ErrorKind::UpstreamConnectFailed,
+                format!("cannot connect to upstream {addr}: {reason}"),
+            ),
+            OriginError::Tls { addr, failure } => {
+                let host = &tls.server_name;
+                tracing::warn!(
+                    %addr, host = %host, cluster = %tls.cluster, reason = failure.reason.code(),
+                    "TLS origination failed: {}", failure.detail
+                );
+                if let Some(m) = &self.inner.metrics {
+                    m.tls_handshake_failure("outbound", failure.reason.code());
+                }
+                ProxyError::new(
+                    ErrorKind::UpstreamTlsFailed,
+                    format!(
+                        "TLS to {host} ({addr}) failed ({}): {}",
+                        failure.reason.code(),
+                        failure.detail
+                    ),
+                )
             }
         }
     }

@@ -4,12 +4,14 @@
 //! (proxy to proxy) is its `mesh_*` half: a pooled, multiplexed HTTP/2 connection per peer,
 //! carrying HTTP requests with two `weft-*` headers and opaque TCP as HTTP/2 CONNECT streams
 //! (see proxy/README.md), over mTLS with SPIFFE identities when the proxy has one.
+//! `origin` is TLS origination to servers outside the mesh (DestinationRule SIMPLE).
 //! `tls` holds the TLS vocabulary and the traits `identity` implements.
 
 mod connect;
 mod h2pool;
 mod headers;
 mod listen;
+mod origin;
 mod server;
 mod tls;
 
@@ -17,6 +19,7 @@ pub use connect::{AppProtocol, Connector, Tunnel, TunnelIo};
 pub use h2pool::{H2Pool, PoolConfig, PoolError, PoolKey, TlsConfigFn};
 pub use headers::{APP_PROTOCOL_HEADER, DST_PORT_HEADER, strip_hop_by_hop};
 pub use listen::{BindError, bind};
+pub use origin::{OriginError, check_sans, client_config as origin_client_config};
 pub use server::{
     Admit, ConnInfo, Handler, ServerStats, ServerTimeouts, TlsAccept, serve, serve_tls, serve_with,
 };

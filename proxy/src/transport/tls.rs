@@ -20,6 +20,9 @@ pub enum TlsReason {
     UnknownTrustDomain,
     /// The peer's chain does not lead to a root of the trust bundle.
     UnknownIssuer,
+    /// TLS origination: the server's certificate is not valid for the SNI, or carries none of
+    /// the `subject_alt_names` asked for.
+    NameMismatch,
     /// The peer's certificate is expired (or not yet valid).
     ExpiredCertificate,
     /// Inbound: the client presented no certificate.
@@ -44,6 +47,7 @@ impl TlsReason {
             Self::IdentityMismatch => "identity-mismatch",
             Self::UnknownTrustDomain => "unknown-trust-domain",
             Self::UnknownIssuer => "unknown-issuer",
+            Self::NameMismatch => "name-mismatch",
             Self::ExpiredCertificate => "expired-certificate",
             Self::NoClientCertificate => "no-client-certificate",
             Self::NoSpiffeId => "no-spiffe-id",
@@ -104,6 +108,12 @@ impl TlsFailure {
                 TlsReason::ExpiredCertificate,
                 format!("the peer's certificate is not valid now: {e}"),
             ),
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                Self::new(
+                    TlsReason::NameMismatch,
+                    format!("the server's certificate is not valid for the name asked for: {e}"),
+                )
+            }
             E::NoCertificatesPresented => Self::new(
                 TlsReason::NoClientCertificate,
                 "the client presented no certificate",
