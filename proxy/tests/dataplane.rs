@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,10 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use weft_proxy::app::{DataPlane, DataPlaneParams, spawn_data_plane};
+use weft_proxy::app::{DataPlaneParams, spawn_data_plane};
 use weft_proxy::model::*;
 use weft_proxy::outbound::Workload;
 use weft_proxy::telemetry::Metrics;
+
+use common::{Proxy, cluster as cluster_spec, port, reviews_inbound, service, start_proxy};
 
 type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
@@ -94,15 +98,6 @@ async fn start_echo() -> SocketAddr {
     addr
 }
 
-fn port(n: u16) -> Port {
-    Port {
-        number: n,
-        name: format!("p{n}"),
-        protocol: Protocol::Unspecified,
-        target_port: n,
-    }
-}
-
 fn endpoint(addr: SocketAddr, mesh_port: Option<u16>) -> Endpoint {
     Endpoint {
         addr,
@@ -120,68 +115,38 @@ fn add_service(parts: &mut Parts, name: &str, svc_port: u16, ep: Endpoint) {
     let cluster = format!("outbound|{svc_port}||{fqdn}");
     parts.services.insert(
         fqdn.clone(),
-        Arc::new(Service {
-            name: fqdn.clone(),
-            namespace: "default".into(),
-            aliases: vec![name.into()],
-            ports: vec![port(svc_port)],
-            http: vec![HttpRoute {
-                name: "default".into(),
-                matches: vec![],
-                clusters: vec![WeightedCluster {
-                    cluster: cluster.clone(),
-                    weight: 100,
-                }],
-                timeout: None,
-            }],
-            tcp: vec![],
-            origin: String::new(),
-        }),
+        service(
+            &fqdn,
+            "default",
+            vec![name.into()],
+            vec![port(svc_port)],
+            &cluster,
+        ),
     );
     parts.clusters.insert(
         cluster.clone(),
         Arc::new(ClusterSpec {
-            name: cluster.clone(),
-            service: fqdn,
-            port: svc_port,
             subset: "v1".into(),
-            protocol: Protocol::Http,
-            lb: LbPolicy::RoundRobin,
-            tls: UpstreamTlsMode::Auto,
-            origination: None,
-            identities: vec![],
+            ..cluster_spec(&cluster, &fqdn, svc_port)
         }),
     );
     parts.endpoints.insert(cluster, Arc::from(vec![ep]));
 }
 
-struct Mesh {
-    dp: DataPlane,
-    metrics: Arc<Metrics>,
-    _shutdown: CancellationToken,
-}
-
 /// One proxy whose inbound fronts `app` and `echo`, and whose outbound knows
 /// reviews:9080 (via the mesh hop), echo:7000 (mesh hop, TCP) and direct:9090 (no sidecar).
-async fn start_mesh() -> Mesh {
+async fn start_mesh() -> Proxy {
     let app_addr = start_app().await;
     let echo_addr = start_echo().await;
-    let outbound = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let inbound = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let inbound_port = inbound.local_addr().unwrap().port();
 
     let mut parts = Parts {
-        inbound: Some(Arc::new(Inbound {
-            name: "reviews-v1".into(),
-            namespace: "default".into(),
-            address: None,
-            labels: BTreeMap::new(),
-            service_account: "reviews".into(),
-            identity: String::new(),
-            ports: vec![port(app_addr.port()), port(echo_addr.port())],
-            mtls_mode: MtlsMode::Permissive,
-            port_mtls: BTreeMap::new(),
-        })),
+        inbound: Some(reviews_inbound(
+            "",
+            vec![port(app_addr.port()), port(echo_addr.port())],
+            MtlsMode::Permissive,
+        )),
         ..Default::default()
     };
     add_service(
@@ -199,27 +164,7 @@ async fn start_mesh() -> Mesh {
     add_service(&mut parts, "direct", 9090, endpoint(app_addr, None));
     let snapshot = SharedSnapshot::new(Snapshot::build(&parts));
 
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let dp = spawn_data_plane(
-        outbound,
-        inbound,
-        DataPlaneParams {
-            snapshot,
-            metrics: metrics.clone(),
-            workload: Workload::from_node_id("productpage.default"),
-            app_address: "127.0.0.1".parse().unwrap(),
-            tls: None,
-        },
-        &shutdown,
-        &TaskTracker::new(),
-    )
-    .unwrap();
-    Mesh {
-        dp,
-        metrics,
-        _shutdown: shutdown,
-    }
+    start_proxy(inbound, snapshot, None, "productpage.default").await
 }
 
 async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {

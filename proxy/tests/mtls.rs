@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
@@ -25,21 +27,23 @@ use rcgen::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use weft_api::ca::certificate_service_server::{CertificateService, CertificateServiceServer};
 use weft_api::ca::{CreateCertificateRequest, CreateCertificateResponse};
-use weft_proxy::app::{DataPlane, DataPlaneParams, spawn_data_plane};
 use weft_proxy::identity::{
     CertStore, Certified, GrpcCaClient, MeshTls, RetryPolicy, Rotator, SpiffeId, Trust,
     TrustBundle, new_key_and_csr, validate_chain,
 };
 use weft_proxy::model::*;
-use weft_proxy::outbound::Workload;
 use weft_proxy::telemetry::Metrics;
+
+use common::{
+    Proxy, cluster as cluster_spec, get_via, port, reviews_inbound, service, start_proxy,
+};
 use x509_parser::time::ASN1Time;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+const NODE: &str = "x.default";
 
 // === a throwaway CA ===
 
@@ -136,29 +140,10 @@ async fn start_app() -> SocketAddr {
     addr
 }
 
-fn port(n: u16) -> Port {
-    Port {
-        number: n,
-        name: format!("p{n}"),
-        protocol: Protocol::Unspecified,
-        target_port: n,
-    }
-}
-
 /// The server workload's config: it serves `app_port` with `mode`.
 fn server_parts(app_port: u16, mode: MtlsMode) -> Parts {
     Parts {
-        inbound: Some(Arc::new(Inbound {
-            name: "reviews-v1".into(),
-            namespace: "default".into(),
-            address: None,
-            labels: BTreeMap::new(),
-            service_account: "reviews".into(),
-            identity: SERVER_ID.into(),
-            ports: vec![port(app_port)],
-            mtls_mode: mode,
-            port_mtls: BTreeMap::new(),
-        })),
+        inbound: Some(reviews_inbound(SERVER_ID, vec![port(app_port)], mode)),
         ..Default::default()
     }
 }
@@ -171,36 +156,19 @@ fn client_parts(app: SocketAddr, mesh_port: u16, identities: Vec<String>) -> Par
     let mut parts = Parts::default();
     parts.services.insert(
         fqdn.clone(),
-        Arc::new(Service {
-            name: fqdn.clone(),
-            namespace: "default".into(),
-            aliases: vec!["reviews".into()],
-            ports: vec![port(9080)],
-            http: vec![HttpRoute {
-                name: "default".into(),
-                matches: vec![],
-                clusters: vec![WeightedCluster {
-                    cluster: cluster.clone(),
-                    weight: 100,
-                }],
-                timeout: None,
-            }],
-            tcp: vec![],
-            origin: String::new(),
-        }),
+        service(
+            &fqdn,
+            "default",
+            vec!["reviews".into()],
+            vec![port(9080)],
+            &cluster,
+        ),
     );
     parts.clusters.insert(
         cluster.clone(),
         Arc::new(ClusterSpec {
-            name: cluster.clone(),
-            service: fqdn,
-            port: 9080,
-            subset: String::new(),
-            protocol: Protocol::Http,
-            lb: LbPolicy::RoundRobin,
-            tls: UpstreamTlsMode::Auto,
-            origination: None,
             identities,
+            ..cluster_spec(&cluster, &fqdn, 9080)
         }),
     );
     parts.endpoints.insert(
@@ -215,40 +183,6 @@ fn client_parts(app: SocketAddr, mesh_port: u16, identities: Vec<String>) -> Par
         }]),
     );
     parts
-}
-
-struct Proxy {
-    dp: DataPlane,
-    metrics: Arc<Metrics>,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
-async fn start_proxy(
-    inbound: TcpListener,
-    snapshot: SharedSnapshot,
-    tls: Option<Arc<MeshTls>>,
-) -> Proxy {
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let dp = spawn_data_plane(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        inbound,
-        DataPlaneParams {
-            snapshot,
-            metrics: metrics.clone(),
-            workload: Workload::from_node_id("x.default"),
-            app_address: "127.0.0.1".parse().unwrap(),
-            tls,
-        },
-        &shutdown,
-        &TaskTracker::new(),
-    )
-    .unwrap();
-    Proxy {
-        dp,
-        metrics,
-        _shutdown: shutdown.drop_guard(),
-    }
 }
 
 /// A client proxy -> server proxy -> app, all on loopback.
@@ -266,7 +200,7 @@ async fn start_pair(ca: &Ca, client_cert_ca: &Ca, identities: Vec<String>, mode:
 
     let server_snap = SharedSnapshot::new(Snapshot::build(&server_parts(app.port(), mode)));
     let server_tls = mesh_tls(&ca.pem(), &server_snap, Some(ca.certified(SERVER_ID)));
-    let server = start_proxy(server_in, server_snap, Some(server_tls)).await;
+    let server = start_proxy(server_in, server_snap, Some(server_tls), NODE).await;
 
     let client_snap =
         SharedSnapshot::new(Snapshot::build(&client_parts(app, mesh_port, identities)));
@@ -279,6 +213,7 @@ async fn start_pair(ca: &Ca, client_cert_ca: &Ca, identities: Vec<String>, mode:
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         client_snap,
         Some(client_tls),
+        NODE,
     )
     .await;
     Pair {
@@ -286,26 +221,6 @@ async fn start_pair(ca: &Ca, client_cert_ca: &Ca, identities: Vec<String>, mode:
         server,
         app,
     }
-}
-
-async fn get_via(outbound: SocketAddr, uri: &str) -> (StatusCode, String, String) {
-    let s = TcpStream::connect(outbound).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let rsp = send
-        .send_request(Request::get(uri).body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = rsp.status();
-    let code = rsp
-        .headers()
-        .get("weft-proxy-error")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, code, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Sends raw bytes to `addr` and reads whatever comes back until the peer closes.
@@ -531,7 +446,7 @@ async fn two_second_certificates_rotate_under_traffic_without_a_failed_request()
     let server_snap =
         SharedSnapshot::new(Snapshot::build(&server_parts(app.port(), MtlsMode::Strict)));
     let server_tls = rotating(SERVER_ID, ca_addr, &ca.pem(), &server_snap).await;
-    let server = start_proxy(server_in, server_snap, Some(server_tls.clone())).await;
+    let server = start_proxy(server_in, server_snap, Some(server_tls.clone()), NODE).await;
     let client_snap = SharedSnapshot::new(Snapshot::build(&client_parts(
         app,
         mesh_port,
@@ -546,6 +461,7 @@ async fn two_second_certificates_rotate_under_traffic_without_a_failed_request()
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
         client_snap.clone(),
         Some(client_tls.clone()),
+        NODE,
     )
     .await;
     let first_serials = (
@@ -566,6 +482,7 @@ async fn two_second_certificates_rotate_under_traffic_without_a_failed_request()
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
             client_snap.clone(),
             Some(client_tls.clone()),
+            NODE,
         )
         .await;
         let (s, code, body) = get_via(p.dp.outbound_addr, "http://reviews:9080/f").await;

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,21 +13,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::net::TcpListener;
 use weft_api::discovery::DiscoveryResponse;
 use weft_api::mesh as pb;
 use weft_api::type_url::{self, Resource as _};
-use weft_proxy::app::{DataPlaneParams, spawn_data_plane};
 use weft_proxy::model::*;
-use weft_proxy::outbound::Workload;
-use weft_proxy::telemetry::Metrics;
 use weft_proxy::xds::Applier;
+
+use common::{Proxy, get_via, service, start_proxy};
 
 const HOST: &str = "secure.example.com";
 
@@ -109,23 +108,7 @@ fn parts(server: SocketAddr, cluster: &pb::Cluster) -> Parts {
     let mut parts = Parts::default();
     parts.services.insert(
         HOST.into(),
-        Arc::new(Service {
-            name: HOST.into(),
-            namespace: String::new(),
-            aliases: vec![],
-            ports: vec![],
-            http: vec![HttpRoute {
-                name: "default".into(),
-                matches: vec![],
-                clusters: vec![WeightedCluster {
-                    cluster: cluster.name.clone(),
-                    weight: 100,
-                }],
-                timeout: None,
-            }],
-            tcp: vec![],
-            origin: String::new(),
-        }),
+        service(HOST, "", vec![], vec![], &cluster.name),
     );
     parts.clusters.insert(
         cluster.name.clone(),
@@ -145,61 +128,10 @@ fn parts(server: SocketAddr, cluster: &pb::Cluster) -> Parts {
     parts
 }
 
-struct Proxy {
-    outbound: SocketAddr,
-    metrics: Arc<Metrics>,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
-async fn start_proxy(snapshot: SharedSnapshot) -> Proxy {
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let out = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let outbound = out.local_addr().unwrap();
-    spawn_data_plane(
-        out,
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        DataPlaneParams {
-            snapshot,
-            metrics: metrics.clone(),
-            workload: Workload::from_node_id("x.default"),
-            app_address: "127.0.0.1".parse().unwrap(),
-            tls: None,
-        },
-        &shutdown,
-        &TaskTracker::new(),
-    )
-    .unwrap();
-    Proxy {
-        outbound,
-        metrics,
-        _shutdown: shutdown.drop_guard(),
-    }
-}
-
-/// Plain HTTP/1.1 from the app to its sidecar.
-async fn get_via(outbound: SocketAddr, uri: &str) -> (StatusCode, String, String) {
-    let s = TcpStream::connect(outbound).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let rsp = send
-        .send_request(Request::get(uri).body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = rsp.status();
-    let code = rsp
-        .headers()
-        .get("weft-proxy-error")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, code, String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn proxy_for(server: SocketAddr, c: &pb::Cluster) -> Proxy {
-    start_proxy(SharedSnapshot::new(Snapshot::build(&parts(server, c)))).await
+    let snapshot = SharedSnapshot::new(Snapshot::build(&parts(server, c)));
+    let inbound = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_proxy(inbound, snapshot, None, "x.default").await
 }
 
 const NAME: &str = "outbound|443||secure.example.com";
@@ -213,11 +145,11 @@ async fn plain_http_from_the_app_leaves_as_verified_tls() {
     // Inline PEM.
     let c = cluster_pb(NAME, pb::upstream_tls::Mode::Simple, &ca.0.pem(), &[]);
     let p = proxy_for(server, &c).await;
-    let (status, code, body) = get_via(p.outbound, URI).await;
+    let (status, code, body) = get_via(p.dp.outbound_addr, URI).await;
     assert_eq!(status, StatusCode::OK, "{code} {body}");
     assert_eq!(body, "tls app saw /hello for secure.example.com");
     // A second request rides the pooled TLS connection.
-    assert_eq!(get_via(p.outbound, URI).await.0, StatusCode::OK);
+    assert_eq!(get_via(p.dp.outbound_addr, URI).await.0, StatusCode::OK);
 
     // A file path, read when the snapshot is built; subject_alt_names that match.
     let dir = std::env::temp_dir().join(format!("weft-origination-{}", std::process::id()));
@@ -231,7 +163,7 @@ async fn plain_http_from_the_app_leaves_as_verified_tls() {
         &["other.example.com", HOST],
     );
     let p = proxy_for(server, &c).await;
-    let (status, code, body) = get_via(p.outbound, URI).await;
+    let (status, code, body) = get_via(p.dp.outbound_addr, URI).await;
     assert_eq!(status, StatusCode::OK, "{code} {body}");
 
     // An unreadable file fails the requests with a reason, not the config.
@@ -242,7 +174,7 @@ async fn plain_http_from_the_app_leaves_as_verified_tls() {
         &[],
     );
     let p = proxy_for(server, &c).await;
-    let (status, code, body) = get_via(p.outbound, URI).await;
+    let (status, code, body) = get_via(p.dp.outbound_addr, URI).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(code, "upstream-tls-unsupported");
     assert!(body.contains("missing.pem"), "{body}");
@@ -262,7 +194,7 @@ async fn a_server_that_fails_verification_is_a_readable_503() {
         &[],
     );
     let p = proxy_for(server, &c).await;
-    let (status, code, body) = get_via(p.outbound, URI).await;
+    let (status, code, body) = get_via(p.dp.outbound_addr, URI).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(code, "upstream-tls-failed");
     assert!(
@@ -283,7 +215,7 @@ async fn a_server_that_fails_verification_is_a_readable_503() {
         &["payments.example.com"],
     );
     let p = proxy_for(server, &c).await;
-    let (status, code, body) = get_via(p.outbound, URI).await;
+    let (status, code, body) = get_via(p.dp.outbound_addr, URI).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(code, "upstream-tls-failed");
     assert!(
@@ -323,7 +255,7 @@ async fn mutual_is_applied_but_refused_per_request() {
     );
 
     let p = proxy_for(server, &mutual).await;
-    let (status, code, body) = get_via(p.outbound, URI).await;
+    let (status, code, body) = get_via(p.dp.outbound_addr, URI).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(code, "upstream-tls-unsupported");
     assert!(

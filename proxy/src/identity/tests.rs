@@ -234,6 +234,10 @@ fn rustls_errors_map_to_readable_reasons() {
             TlsReason::PeerRejected,
         ),
         (E::HandshakeNotComplete, TlsReason::HandshakeFailed),
+        (
+            E::AlertReceived(rustls::AlertDescription::ProtocolVersion),
+            TlsReason::HandshakeFailed,
+        ),
     ];
     for (e, want) in cases {
         assert_eq!(TlsFailure::from_rustls(&e).reason, want, "{e:?}");
@@ -361,4 +365,303 @@ async fn rotation_runs_at_half_life_and_failures_keep_the_certificate() {
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert_ne!(store.current().unwrap().serial, second.serial);
     shutdown.cancel();
+}
+
+// === Verifiers, through real (in-memory) TLS handshakes ===
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+
+use crate::model::{Parts, SharedSnapshot, Snapshot};
+use crate::transport::{ChainVerifier, MeshClientTls, MeshServerTls};
+
+const SERVER: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TestCa {
+    /// A leaf with exactly `sans`, both EKUs, valid from `from` to `to` seconds from now,
+    /// signed by this CA; with its key (as a rustls signer) or, given `signer`, another one.
+    fn leaf(&self, sans: &[SanType], from: i64, to: i64, signer: Option<&KeyPair>) -> CertifiedKey {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = sans.to_vec();
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = unix(SystemTime::now());
+        p.not_before = ASN1Time::from_timestamp(now + from).unwrap().to_datetime();
+        p.not_after = ASN1Time::from_timestamp(now + to).unwrap().to_datetime();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let der = PrivateKeyDer::try_from(signer.unwrap_or(&key).serialize_der()).unwrap();
+        let signer = rustls::crypto::ring::sign::any_ecdsa_type(&der).unwrap();
+        CertifiedKey::new(vec![cert.der().clone()], signer)
+    }
+
+    fn mesh_tls(&self, me: &str) -> MeshTls {
+        let store = CertStore::default();
+        store.publish(Arc::new(self.certified(me)));
+        let bundle = TrustBundle::from_pems(&[self.issuer.pem()]).unwrap();
+        let snap = SharedSnapshot::new(Snapshot::build(&Parts::default()));
+        MeshTls::new(store, Arc::new(Trust::new(bundle, snap))).unwrap()
+    }
+}
+
+fn uri(s: &str) -> SanType {
+    SanType::URI(s.try_into().unwrap())
+}
+
+/// A TLS 1.3 server presenting `key` (no client auth).
+fn server_with(key: CertifiedKey) -> Arc<rustls::ServerConfig> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(cfg)
+}
+
+/// A TLS 1.3 client presenting `key` that trusts any server chaining to `ca`.
+fn client_with(ca: &TestCa, key: CertifiedKey) -> Arc<rustls::ClientConfig> {
+    let bundle = TrustBundle::from_pems(&[ca.issuer.pem()]).unwrap();
+    let verifier = ChainVerifier::new(bundle.roots, provider(), "any", Box::new(|_| Ok(())));
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
+    Arc::new(cfg)
+}
+
+/// One handshake over an in-memory pipe, plus one byte each way (TLS 1.3 clients learn of a
+/// refused certificate only after their side is done). Returns each side's verdict; the
+/// server's carries the client's SPIFFE ID as `MeshTls` reads it.
+async fn handshake(
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+) -> (Result<(), TlsFailure>, Result<Option<String>, TlsFailure>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let client = async move {
+        let mut t = tokio_rustls::TlsConnector::from(client)
+            .connect(name, c)
+            .await
+            .map_err(|e| TlsFailure::from_io(&e))?;
+        t.write_all(b"x")
+            .await
+            .map_err(|e| TlsFailure::from_io(&e))?;
+        let mut b = [0u8; 1];
+        t.read_exact(&mut b)
+            .await
+            .map_err(|e| TlsFailure::from_io(&e))?;
+        Ok(())
+    };
+    let server = async move {
+        let mut t = tokio_rustls::TlsAcceptor::from(server)
+            .accept(s)
+            .await
+            .map_err(|e| TlsFailure::from_io(&e))?;
+        let id = t
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().and_then(spiffe_id_of));
+        let mut b = [0u8; 1];
+        t.read_exact(&mut b)
+            .await
+            .map_err(|e| TlsFailure::from_io(&e))?;
+        t.write_all(b"y")
+            .await
+            .map_err(|e| TlsFailure::from_io(&e))?;
+        t.flush().await.map_err(|e| TlsFailure::from_io(&e))?;
+        Ok(id)
+    };
+    tokio::join!(client, server)
+}
+
+#[test]
+fn a_spiffe_id_is_the_one_and_only_uri_san() {
+    let ca = TestCa::new();
+    let id_of = |sans: &[SanType]| {
+        let k = ca.leaf(sans, -60, 3600, None);
+        spiffe_id_of(&k.cert[0])
+    };
+    assert_eq!(id_of(&[uri(SERVER)]).as_deref(), Some(SERVER));
+    // DNS SANs beside it do not matter; another URI SAN does.
+    assert_eq!(
+        id_of(&[SanType::DnsName("reviews".try_into().unwrap()), uri(SERVER)]).as_deref(),
+        Some(SERVER)
+    );
+    assert_eq!(id_of(&[uri(SERVER), uri("https://reviews.example/")]), None);
+    assert_eq!(id_of(&[uri("https://reviews.example/"), uri(SERVER)]), None);
+    assert_eq!(id_of(&[uri(SERVER), uri(ID)]), None);
+    assert_eq!(id_of(&[uri("spiffe://cluster.local")]), None);
+    assert_eq!(id_of(&[]), None);
+}
+
+#[tokio::test]
+async fn the_mesh_client_verifies_chain_key_validity_and_the_one_spiffe_id() {
+    let ca = TestCa::new();
+    let client = ca.mesh_tls(ID);
+    let expected = ExpectedIdentities::new(vec![SERVER.into()]);
+    let cfg = || client.client_config(&expected).unwrap();
+
+    let (c, s) = handshake(cfg(), server_with(ca.leaf(&[uri(SERVER)], -60, 3600, None))).await;
+    assert_eq!(c, Ok(()));
+    assert_eq!(s, Ok(None), "this server asked for no client certificate");
+
+    // The expected ID, plus a second URI SAN: not an SVID, so no SPIFFE ID.
+    let two = ca.leaf(
+        &[uri(SERVER), uri("https://evil.example/")],
+        -60,
+        3600,
+        None,
+    );
+    let (c, _) = handshake(cfg(), server_with(two)).await;
+    assert_eq!(c.unwrap_err().reason, TlsReason::NoSpiffeId);
+
+    // The right certificate, but the server does not hold its key: CertificateVerify fails.
+    let thief = ca.leaf(
+        &[uri(SERVER)],
+        -60,
+        3600,
+        Some(&KeyPair::generate().unwrap()),
+    );
+    let (c, _) = handshake(cfg(), server_with(thief)).await;
+    let e = c.unwrap_err();
+    assert_eq!(e.reason, TlsReason::UnknownIssuer, "{e}");
+
+    let expired = ca.leaf(&[uri(SERVER)], -7200, -3600, None);
+    let (c, _) = handshake(cfg(), server_with(expired)).await;
+    assert_eq!(c.unwrap_err().reason, TlsReason::ExpiredCertificate);
+
+    let other_root = TestCa::new().leaf(&[uri(SERVER)], -60, 3600, None);
+    let (c, _) = handshake(cfg(), server_with(other_root)).await;
+    assert_eq!(c.unwrap_err().reason, TlsReason::UnknownIssuer);
+
+    // TLS 1.2 is refused between proxies, whatever the certificate.
+    let tls12 = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(ca.leaf(
+            &[uri(SERVER)],
+            -60,
+            3600,
+            None,
+        ))));
+    let (c, _) = handshake(cfg(), Arc::new(tls12)).await;
+    assert_eq!(c.unwrap_err().reason, TlsReason::HandshakeFailed);
+}
+
+#[tokio::test]
+async fn the_mesh_server_verifies_chain_key_validity_and_the_one_spiffe_id() {
+    let ca = TestCa::new();
+    let server = ca.mesh_tls(SERVER);
+    let cfg = || server.server_config().unwrap();
+
+    let (c, s) = handshake(
+        client_with(&ca, ca.leaf(&[uri(ID)], -60, 3600, None)),
+        cfg(),
+    )
+    .await;
+    assert_eq!(c, Ok(()));
+    assert_eq!(s, Ok(Some(ID.to_string())));
+
+    let refused = |leaf: CertifiedKey| {
+        let client = client_with(&ca, leaf);
+        async { handshake(client, cfg()).await.1.unwrap_err().reason }
+    };
+    let two = ca.leaf(&[uri(ID), uri("https://evil.example/")], -60, 3600, None);
+    assert_eq!(refused(two).await, TlsReason::NoSpiffeId);
+    let thief = ca.leaf(&[uri(ID)], -60, 3600, Some(&KeyPair::generate().unwrap()));
+    assert_eq!(refused(thief).await, TlsReason::UnknownIssuer);
+    let expired = ca.leaf(&[uri(ID)], -7200, -3600, None);
+    assert_eq!(refused(expired).await, TlsReason::ExpiredCertificate);
+    let other_root = TestCa::new().leaf(&[uri(ID)], -60, 3600, None);
+    assert_eq!(refused(other_root).await, TlsReason::UnknownIssuer);
+
+    // A TLS 1.2 client is refused.
+    let tls12 = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChainVerifier::new(
+            TrustBundle::from_pems(&[ca.issuer.pem()]).unwrap().roots,
+            provider(),
+            "any",
+            Box::new(|_| Ok(())),
+        )))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(ca.leaf(
+            &[uri(ID)],
+            -60,
+            3600,
+            None,
+        ))));
+    let (_, s) = handshake(Arc::new(tls12), cfg()).await;
+    assert_eq!(s.unwrap_err().reason, TlsReason::HandshakeFailed);
+}
+
+#[tokio::test]
+async fn a_rotation_changes_new_handshakes_only() {
+    let ca = TestCa::new();
+    let server = ca.mesh_tls(SERVER);
+    let client = ca.mesh_tls(ID);
+    let expected = ExpectedIdentities::new(vec![SERVER.into()]);
+    let serial_seen = |cfg: Arc<rustls::ClientConfig>, srv: Arc<rustls::ServerConfig>| async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let (c, s) = tokio::join!(
+            tokio_rustls::TlsConnector::from(cfg).connect(name, c),
+            tokio_rustls::TlsAcceptor::from(srv).accept(s)
+        );
+        let (mut c, mut s) = (c.unwrap(), s.unwrap());
+        let leaf: CertificateDer<'static> = c.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let (_, x) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let serial = x.raw_serial_as_string().replace(':', "");
+        // Keep the connection and prove it still carries bytes later.
+        c.write_all(b"1").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        (serial, c, s)
+    };
+    let before = server.store().current().unwrap().serial.clone();
+    let (seen, mut c1, mut s1) = serial_seen(
+        client.client_config(&expected).unwrap(),
+        server.server_config().unwrap(),
+    )
+    .await;
+    assert_eq!(seen, before);
+
+    server.store().publish(Arc::new(ca.certified(SERVER)));
+    let after = server.store().current().unwrap().serial.clone();
+    assert_ne!(before, after);
+    let (seen, _c2, _s2) = serial_seen(
+        client.client_config(&expected).unwrap(),
+        server.server_config().unwrap(),
+    )
+    .await;
+    assert_eq!(seen, after, "a new handshake presents the new certificate");
+    let shown = format!("{server:?}");
+    assert!(
+        !shown.contains("PRIVATE") && !shown.contains(server.store().current().unwrap().key_pem()),
+        "Debug of the TLS state must not show the key: {shown}"
+    );
+
+    // The connection made before the rotation is untouched.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s1.write_all(b"2").await.unwrap();
+    s1.flush().await.unwrap();
+    let mut b = [0u8; 1];
+    c1.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"2");
 }

@@ -6,10 +6,14 @@
 //! - The trust bundle is `Mesh.trust_bundle` from xDS (several roots during a root rotation),
 //!   or the bootstrap `--ca-root` until xDS sends one; [`Trust`] caches the parsed roots per
 //!   snapshot so a handshake parses nothing.
-//! - Server verification (client side of the hop) is webpki's chain check against the bundle,
-//!   *without* a DNS name check (mesh certificates carry only a SPIFFE URI SAN), followed by
-//!   secure naming: the URI SAN must be one of the identities expected for the destination.
-//! - Client verification (inbound) requires a chain to the bundle and a SPIFFE URI SAN.
+//! - Server verification (client side of the hop) is the transport's [`ChainVerifier`]:
+//!   webpki's chain check against the bundle, *without* a DNS name check (mesh certificates
+//!   carry only a SPIFFE URI SAN), followed by secure naming: the SPIFFE ID must be one of the
+//!   identities expected for the destination, compared whole.
+//! - Client verification (inbound) is webpki's client verifier on the current bundle, then a
+//!   SPIFFE ID is required.
+//! - A SPIFFE ID is the certificate's one and only URI SAN ([`spiffe_id_of`]).
+//! - Handshake signatures are always rustls' webpki helpers (`handshake_signatures!`).
 //! - TLS 1.3 only, ALPN "h2": both ends are Weft proxies.
 //!
 //! Failures are [`TlsFailure`]s wrapped in rustls errors, so both ends report a readable,
@@ -18,21 +22,23 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{DistinguishedName, RootCertStore, SignatureScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::CertStore;
 use super::csr::uri_sans;
 use crate::model::{Mesh, SharedSnapshot};
-use crate::transport::{ExpectedIdentities, MeshClientTls, MeshServerTls, TlsFailure, TlsReason};
+use crate::transport::{
+    ChainVerifier, ExpectedIdentities, MeshClientTls, MeshServerTls, TlsFailure, TlsReason,
+    handshake_signatures,
+};
 
 const ALPN_H2: &[u8] = b"h2";
 
@@ -40,15 +46,13 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The SPIFFE ID (the one `spiffe://` URI SAN) of a DER certificate.
+/// The SPIFFE ID of a DER certificate: its URI SAN, when it has exactly one and that one is
+/// a `spiffe://` ID (an X.509-SVID carries exactly one URI SAN). A certificate with any other
+/// URI SAN beside it has no SPIFFE ID: which of several names a peer "is" is not ours to pick.
 pub fn spiffe_id_of(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let ids: Vec<&str> = uri_sans(&cert)
-        .into_iter()
-        .filter(|u| u.starts_with("spiffe://"))
-        .collect();
-    match ids.as_slice() {
-        [one] => Some((*one).to_string()),
+    match uri_sans(&cert).as_slice() {
+        [one] if super::SpiffeId::parse(one).is_ok() => Some((*one).to_string()),
         _ => None,
     }
 }
@@ -157,15 +161,7 @@ impl ResolvesClientCert for CurrentCert {
     }
 }
 
-// === SpiffeServerVerifier ===
-
-/// Client side of the hop: chain to the bundle, then secure naming.
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    expected: ExpectedIdentities,
-    provider: Arc<CryptoProvider>,
-}
+// === secure naming ===
 
 /// Secure naming, pure: is `presented` one of `expected`? The failure names both.
 pub fn check_identity(
@@ -175,7 +171,10 @@ pub fn check_identity(
     let Some(id) = presented else {
         return Err(TlsFailure::new(
             TlsReason::NoSpiffeId,
-            format!("expected {expected}, but the peer's certificate has no SPIFFE ID"),
+            format!(
+                "expected {expected}, but the peer's certificate has no SPIFFE ID (exactly one \
+                 spiffe:// URI SAN)"
+            ),
         ));
     };
     if expected.contains(id) {
@@ -193,62 +192,19 @@ pub fn check_identity(
     ))
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        // No DNS name check: the SPIFFE ID is the name.
-        check_identity(&self.expected, spiffe_id_of(end_entity).as_deref())
-            .map_err(TlsFailure::into_rustls)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+/// Client side of the hop: chain to the bundle, then secure naming (no DNS name check: the
+/// SPIFFE ID is the name).
+fn server_verifier(
+    roots: Arc<RootCertStore>,
+    expected: ExpectedIdentities,
+    provider: Arc<CryptoProvider>,
+) -> ChainVerifier {
+    ChainVerifier::new(
+        roots,
+        provider,
+        "secure naming",
+        Box::new(move |leaf| check_identity(&expected, spiffe_id_of(leaf).as_deref())),
+    )
 }
 
 // === SpiffeClientVerifier ===
@@ -294,39 +250,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures!();
 }
 
 // === MeshTls ===
@@ -377,11 +301,11 @@ impl MeshClientTls for MeshTls {
                 "this proxy has no certificate yet (the CA has not answered)",
             ));
         }
-        let verifier = Arc::new(SpiffeServerVerifier {
-            roots: self.trust.current().roots.clone(),
-            expected: expected.clone(),
-            provider: self.provider.clone(),
-        });
+        let verifier = Arc::new(server_verifier(
+            self.trust.current().roots.clone(),
+            expected.clone(),
+            self.provider.clone(),
+        ));
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsFailure::new(TlsReason::HandshakeFailed, e.to_string()))?

@@ -266,14 +266,7 @@ impl Connector {
                 {
                     req.headers_mut().insert(http::header::HOST, v);
                 }
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                *req.uri_mut() = Uri::try_from(format!("http://{addr}{pq}")).map_err(|e| {
-                    ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
-                })?;
+                *req.uri_mut() = retarget(req.uri(), "http", &addr.to_string())?;
                 *req.version_mut() = Version::HTTP_11;
                 self.inner.h1.request(req).await.map_err(|e| {
                     if e.is_connect() {
@@ -307,14 +300,7 @@ impl Connector {
             .uri()
             .authority()
             .map_or_else(|| tls.server_name.clone(), |a| a.as_str().to_string());
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        *req.uri_mut() = Uri::try_from(format!("https://{authority}{pq}")).map_err(|e| {
-            ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
-        })?;
+        *req.uri_mut() = retarget(req.uri(), "https", &authority)?;
         match proto {
             AppProtocol::H2 => {
                 *req.version_mut() = Version::HTTP_2;
@@ -433,6 +419,13 @@ pub(crate) fn set_tcp_keepalive(s: &TcpStream) {
     if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "cannot enable TCP keepalive");
     }
+}
+
+/// `uri`'s path and query under `scheme://authority` (what a pooling client dials).
+fn retarget(uri: &Uri, scheme: &str, authority: &str) -> Result<Uri, ProxyError> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::try_from(format!("{scheme}://{authority}{pq}"))
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}")))
 }
 
 fn pool_error(e: PoolError, who: &str) -> ProxyError {

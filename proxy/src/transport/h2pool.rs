@@ -186,6 +186,21 @@ impl H2Pool {
         if let Some(c) = usable() {
             return Ok(c);
         }
+        // A connection is pooled under what was verified: a key that promises an identity
+        // set is dialed with TLS, a plain key without. A caller that mixes them fails closed
+        // rather than pool a plaintext connection where a verified one is expected.
+        if key.tls.is_some() != tls.is_some() {
+            return Err(PoolError::Tls {
+                addr: key.addr,
+                failure: TlsFailure::new(
+                    super::tls::TlsReason::HandshakeFailed,
+                    format!(
+                        "pool key for {} (identities {:?}) and TLS config disagree",
+                        key.addr, key.tls
+                    ),
+                ),
+            });
+        }
         let c = Arc::new(self.dial(key.addr, tls).await?);
         slot.current.store(Some(c.clone()));
         self.prune();

@@ -23,8 +23,10 @@ pub use origin::{OriginError, check_sans, client_config as origin_client_config}
 pub use server::{
     Admit, ConnInfo, Handler, ServerStats, ServerTimeouts, TlsAccept, serve, serve_tls, serve_with,
 };
+pub(crate) use tls::handshake_signatures;
 pub use tls::{
-    ExpectedIdentities, MeshClientTls, MeshSecurity, MeshServerTls, TlsFailure, TlsReason,
+    ChainVerifier, ExpectedIdentities, LeafCheck, MeshClientTls, MeshSecurity, MeshServerTls,
+    TlsFailure, TlsReason,
 };
 
 #[cfg(test)]

@@ -24,19 +24,17 @@ use http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::connect::AppProtocol;
-use super::tls::{TlsFailure, TlsReason};
+use super::tls::{ChainVerifier, TlsFailure, TlsReason, handshake_signatures};
 use crate::body::Body;
 use crate::model::{SimpleTls, TlsRoots};
 
@@ -110,11 +108,14 @@ pub fn client_config(
             provider: provider.clone(),
         })
     } else if !t.subject_alt_names.is_empty() {
-        Arc::new(SanVerifier {
-            roots: roots(t)?,
-            sans: t.subject_alt_names.clone(),
-            provider: provider.clone(),
-        })
+        // Chain to the roots, then one of the wanted SANs instead of the hostname check.
+        let sans = t.subject_alt_names.clone();
+        Arc::new(ChainVerifier::new(
+            roots(t)?,
+            provider.clone(),
+            "subject_alt_names",
+            Box::new(move |leaf| check_sans(leaf, &sans)),
+        ))
     } else {
         WebPkiServerVerifier::builder_with_provider(roots(t)?, provider.clone())
             .build()
@@ -215,80 +216,12 @@ fn dns_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// Chain to the roots, then one of the wanted SANs (instead of the hostname check).
-#[derive(Debug)]
-struct SanVerifier {
-    roots: Arc<RootCertStore>,
-    sans: Vec<String>,
-    provider: Arc<CryptoProvider>,
-}
-
-/// `insecure_skip_verify`: accepts any certificate (signatures are still checked).
+/// `insecure_skip_verify`: accepts any certificate. The handshake signatures are still
+/// checked (the server must hold the key of the certificate it sent), though that proves
+/// nothing about who it is.
 #[derive(Debug)]
 struct NoVerifier {
     provider: Arc<CryptoProvider>,
-}
-
-macro_rules! signatures {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    };
-}
-
-impl ServerCertVerifier for SanVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        check_sans(end_entity, &self.sans).map_err(TlsFailure::into_rustls)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    signatures!();
 }
 
 impl ServerCertVerifier for NoVerifier {
@@ -303,7 +236,7 @@ impl ServerCertVerifier for NoVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    signatures!();
+    handshake_signatures!();
 }
 
 // === pooled HTTP over originated TLS ===

@@ -165,6 +165,24 @@ async fn a_burst_of_first_requests_opens_one_connection() {
     assert_eq!(relay.accepted(), 1);
 }
 
+#[tokio::test]
+async fn a_key_for_verified_identities_never_gets_a_plaintext_connection() {
+    let server = start_h2_server().await;
+    let pool = fast_pool();
+    let ids = ExpectedIdentities::new(vec!["spiffe://cluster.local/ns/default/sa/a".into()]);
+    let key = PoolKey {
+        addr: server,
+        tls: Some(ids),
+    };
+    // Plaintext to the same peer works, and is pooled under its own key...
+    assert_eq!(pool.send(server, get(server)).await.unwrap().status(), 200);
+    assert_eq!(pool.live_connections(), 1);
+    // ...but neither it nor a fresh plaintext dial serves a key that expects identities.
+    let e = pool.send_keyed(&key, get(server), None).await.unwrap_err();
+    assert!(matches!(e, PoolError::Tls { .. }), "{e}");
+    assert_eq!(pool.live_connections(), 1);
+}
+
 /// A handler that must never run.
 struct Unreachable;
 

@@ -5,11 +5,20 @@
 //! the one that dials and accepts. So it defines what it needs (a client config for a set of
 //! expected identities; a server config and the peer's SPIFFE ID) and `identity` implements it.
 //! Failure reasons are a closed set so they can be metric labels and stable error text.
+//!
+//! It also holds the one implementation of what every custom certificate verifier shares
+//! ([`ChainVerifier`], [`handshake_signatures!`]): the chain check and the handshake
+//! signature checks are always rustls' webpki helpers; only the name check differs.
 
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 
 /// Why a TLS handshake (or a TLS decision) failed. `code()` is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,9 +104,15 @@ impl TlsFailure {
                 }
                 Self::new(TlsReason::HandshakeFailed, e.to_string())
             }
-            E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => Self::new(
+            E::InvalidCertificate(C::UnknownIssuer) => Self::new(
                 TlsReason::UnknownIssuer,
                 format!("the peer's certificate does not chain to the trust bundle: {e}"),
+            ),
+            // A forged chain, or a peer that does not hold the key of its certificate (the
+            // handshake signature): either way nothing it sent is vouched for.
+            E::InvalidCertificate(C::BadSignature) => Self::new(
+                TlsReason::UnknownIssuer,
+                format!("the peer's certificate chain or handshake signature does not verify: {e}"),
             ),
             E::InvalidCertificate(
                 C::Expired
@@ -117,6 +132,19 @@ impl TlsFailure {
             E::NoCertificatesPresented => Self::new(
                 TlsReason::NoClientCertificate,
                 "the client presented no certificate",
+            ),
+            // Alerts about negotiation, not about our certificate: e.g. a TLS 1.2-only peer.
+            E::AlertReceived(
+                a @ (rustls::AlertDescription::ProtocolVersion
+                | rustls::AlertDescription::HandshakeFailure
+                | rustls::AlertDescription::InsufficientSecurity
+                | rustls::AlertDescription::NoApplicationProtocol),
+            ) => Self::new(
+                TlsReason::HandshakeFailed,
+                format!(
+                    "the peer aborted the handshake ({a:?}): no TLS version, cipher suite or \
+                     ALPN protocol in common (the mesh hop is TLS 1.3, ALPN h2)"
+                ),
             ),
             E::AlertReceived(a) => Self::new(
                 TlsReason::PeerRejected,
@@ -192,4 +220,112 @@ pub enum MeshSecurity {
     Plaintext,
     /// mTLS, accepting only these server identities.
     Mutual(ExpectedIdentities),
+}
+
+// === verifier building blocks ===
+
+/// The three handshake-signature methods of a custom `ServerCertVerifier` or
+/// `ClientCertVerifier`, delegated to rustls' webpki helpers with `self.provider`'s
+/// algorithms. A verifier that checks certificates its own way must still prove the peer
+/// holds the key (`CertificateVerify`), so no verifier writes these by hand.
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+pub(crate) use handshake_signatures;
+
+/// What a [`ChainVerifier`] checks of the leaf once its chain is verified (in place of
+/// webpki's DNS name check): secure naming for the mesh hop, `subject_alt_names` for SIMPLE.
+pub type LeafCheck = Box<dyn Fn(&CertificateDer<'_>) -> Result<(), TlsFailure> + Send + Sync>;
+
+/// A server verifier: webpki's chain check against `roots` (signatures, validity period,
+/// the serverAuth EKU), then `check` on the leaf instead of a DNS name check.
+pub struct ChainVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    /// For `Debug`: what `check` checks.
+    what: &'static str,
+    check: LeafCheck,
+}
+
+impl ChainVerifier {
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+        what: &'static str,
+        check: LeafCheck,
+    ) -> Self {
+        Self {
+            roots,
+            provider,
+            what,
+            check,
+        }
+    }
+}
+
+impl fmt::Debug for ChainVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainVerifier")
+            .field("roots", &self.roots.len())
+            .field("check", &self.what)
+            .finish()
+    }
+}
+
+impl ServerCertVerifier for ChainVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        (self.check)(end_entity).map_err(TlsFailure::into_rustls)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    handshake_signatures!();
 }
