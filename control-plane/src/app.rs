@@ -231,11 +231,12 @@ pub async fn start_with_ca<S: ConfigStore>(
             Ok(())
         }
     });
-    let ads = AdsServer::new(cache, syncz, metrics, shutdown.clone());
     let ca_server = CaServer::new(
         Arc::clone(&ca.authority),
         Arc::new(LocalTokens::new(args.token_dir())),
+        Arc::clone(&metrics),
     );
+    let ads = AdsServer::new(cache, syncz, metrics, shutdown.clone());
     let (ads, transport) = if args.plaintext_xds {
         tracing::warn!(
             addr = %xds_addr,
@@ -256,7 +257,10 @@ pub async fn start_with_ca<S: ConfigStore>(
                 Ok(())
             }
         });
-        (ads.require_client_certs(), Transport::Tls(config))
+        (
+            ads.require_client_certs(ca.authority.trust_domain()),
+            Transport::Tls(config),
+        )
     };
     let services = Services {
         ads,

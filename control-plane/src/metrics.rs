@@ -9,6 +9,9 @@ use prometheus_client::registry::Registry;
 /// Label set of per-type families: `type="Service"` (the short message name).
 pub type TypeLabels = Vec<(&'static str, String)>;
 
+/// Label set of `ca_certificates_total`: `result="issued"` or the reason of a refusal.
+pub type ResultLabels = Vec<(&'static str, &'static str)>;
+
 /// The control plane's metric families.
 #[derive(Debug)]
 pub struct Metrics {
@@ -23,6 +26,10 @@ pub struct Metrics {
     pub config_errors: Gauge,
     /// How many times the model has been rebuilt from the sources.
     pub model_generation: Gauge,
+    /// CreateCertificate calls by result: `issued`, or why the CA refused.
+    pub ca_certificates: Family<ResultLabels, Counter>,
+    /// The CA root's `notAfter`, in seconds since the Unix epoch.
+    pub ca_root_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -40,6 +47,8 @@ impl Metrics {
         let nacks = Family::<TypeLabels, Counter>::default();
         let config_errors = Gauge::default();
         let model_generation = Gauge::default();
+        let ca_certificates = Family::<ResultLabels, Counter>::default();
+        let ca_root_expiry = Gauge::default();
         registry.register(
             "connected_proxies",
             "Open xDS streams",
@@ -65,6 +74,16 @@ impl Metrics {
             "Times the model was rebuilt from the config sources",
             model_generation.clone(),
         );
+        registry.register(
+            "ca_certificates",
+            "CreateCertificate calls, by result: issued, or the reason of the refusal",
+            ca_certificates.clone(),
+        );
+        registry.register(
+            "ca_root_expiry_timestamp_seconds",
+            "When the mesh CA's root certificate expires (notAfter, Unix seconds)",
+            ca_root_expiry.clone(),
+        );
         Self {
             registry,
             connected_proxies,
@@ -72,7 +91,14 @@ impl Metrics {
             nacks,
             config_errors,
             model_generation,
+            ca_certificates,
+            ca_root_expiry,
         }
+    }
+
+    /// The labels of a CreateCertificate result; `result` is one of a fixed set of names.
+    pub fn result_labels(result: &'static str) -> ResultLabels {
+        vec![("result", result)]
     }
 
     /// The labels of a type URL. Type URLs come from proxies' requests, so any URL that is not

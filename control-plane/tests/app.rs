@@ -3,29 +3,17 @@
 // Test helpers panic on purpose: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_control::app::{self, Args};
-use weft_control::sources::{ConfigDiagnostic, ConfigStore};
 use weft_control::xds::cache::Generator;
 use weft_control::xds::snapshot::Generated;
 
-#[derive(Debug)]
-struct NoStore;
-
-impl ConfigStore for NoStore {
-    fn apply_file(&mut self, _: &Path, _: &str) -> Vec<ConfigDiagnostic> {
-        Vec::new()
-    }
-    fn remove_file(&mut self, _: &Path) {}
-    fn diagnostics(&self) -> Vec<ConfigDiagnostic> {
-        Vec::new()
-    }
-    fn publish(&mut self) {}
-}
+use common::{NoStore, http_get, mk_dir};
 
 struct NoGen;
 
@@ -48,25 +36,9 @@ fn mk_args(dir: &Path, xds: &str) -> Args {
     .unwrap()
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-/// An empty directory of its own (watching all of /tmp would be slow and racy).
-fn mk_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-control-app-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn starts_ready_and_shuts_down() {
-    let dir = mk_dir("ready");
+    let dir = mk_dir("app-ready");
     let running = app::start(&mk_args(&dir, "127.0.0.1:0"), NoStore, Arc::new(NoGen))
         .await
         .unwrap();
@@ -87,9 +59,13 @@ async fn starts_ready_and_shuts_down() {
 async fn a_taken_port_is_named() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let err = app::start(&mk_args(&mk_dir("taken"), &addr), NoStore, Arc::new(NoGen))
-        .await
-        .unwrap_err();
+    let err = app::start(
+        &mk_args(&mk_dir("app-taken"), &addr),
+        NoStore,
+        Arc::new(NoGen),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!("cannot listen on {addr} (xDS): address in use")

@@ -5,43 +5,32 @@
 // Test helpers panic on purpose: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 
 use clap::Parser;
 use rcgen::{CertificateParams, KeyPair, SanType};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use weft_api::ca::CreateCertificateRequest;
 use weft_api::ca::certificate_service_client::CertificateServiceClient;
 use weft_api::core::Node;
-use weft_api::discovery::DiscoveryRequest;
 use weft_api::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use weft_api::discovery::{DeltaDiscoveryRequest, DiscoveryRequest};
 use weft_api::mesh::Inbound;
 use weft_api::type_url::{INBOUND, INBOUND_NAME, Resource as _};
 use weft_control::app::{self, Args, Running};
-use weft_control::sources::{ConfigDiagnostic, ConfigStore};
 use weft_control::spiffe::SpiffeId;
 use weft_control::xds::cache::Generator;
 use weft_control::xds::snapshot::Generated;
 
+use common::{NoStore, http_get, mk_dir};
+
 const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
 const RATINGS: &str = "spiffe://cluster.local/ns/default/sa/ratings";
-
-struct NoStore;
-
-impl ConfigStore for NoStore {
-    fn apply_file(&mut self, _: &Path, _: &str) -> Vec<ConfigDiagnostic> {
-        Vec::new()
-    }
-    fn remove_file(&mut self, _: &Path) {}
-    fn diagnostics(&self) -> Vec<ConfigDiagnostic> {
-        Vec::new()
-    }
-    fn publish(&mut self) {}
-}
 
 /// Two workloads, `reviews.default` and `ratings.default`, each with its own service account;
 /// any other node in any namespace has no workload.
@@ -65,16 +54,6 @@ impl Generator for Workloads {
         }
         Ok(out)
     }
-}
-
-fn mk_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "weft-ca-tls-{name}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn mk_args(dir: &Path, extra: &[&str]) -> Args {
@@ -138,7 +117,16 @@ async fn create(
     token: Option<&str>,
     csr: String,
 ) -> Result<Vec<String>, tonic::Status> {
-    let mut client = CertificateServiceClient::new(channel(running, None).await);
+    create_on(channel(running, None).await, token, csr).await
+}
+
+/// CreateCertificate on `channel` (which may carry a client certificate).
+async fn create_on(
+    channel: Channel,
+    token: Option<&str>,
+    csr: String,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut client = CertificateServiceClient::new(channel);
     let mut req = tonic::Request::new(CreateCertificateRequest {
         csr,
         validity_seconds: 0,
@@ -164,30 +152,50 @@ async fn identity(running: &Running, token: &str, uri: &str) -> Identity {
 
 /// Opens a SotW stream as `node` and returns the first response's type, or the refusal.
 async fn ads(channel: Channel, node: &str) -> Result<String, tonic::Status> {
+    open_stream(channel, node, false).await
+}
+
+/// The same over a delta stream.
+async fn delta(channel: Channel, node: &str) -> Result<String, tonic::Status> {
+    open_stream(channel, node, true).await
+}
+
+async fn open_stream(channel: Channel, node: &str, delta: bool) -> Result<String, tonic::Status> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: node.into(),
-            ..Default::default()
-        }),
-        type_url: INBOUND.into(),
+    let node = Some(Node {
+        id: node.into(),
         ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut stream = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let first = stream.message().await?.unwrap();
-    drop(tx);
-    Ok(first.type_url)
+    });
+    if delta {
+        let first = DeltaDiscoveryRequest {
+            node,
+            type_url: INBOUND.into(),
+            ..Default::default()
+        };
+        let requests = tokio_stream::iter([first]).chain(tokio_stream::pending());
+        let mut stream = client
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner();
+        Ok(stream.message().await?.unwrap().type_url)
+    } else {
+        let first = DiscoveryRequest {
+            node,
+            type_url: INBOUND.into(),
+            ..Default::default()
+        };
+        let requests = tokio_stream::iter([first]).chain(tokio_stream::pending());
+        let mut stream = client
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner();
+        Ok(stream.message().await?.unwrap().type_url)
+    }
 }
 
 #[tokio::test]
 async fn a_workload_gets_a_certificate_and_uses_it_for_its_own_node_only() {
-    let dir = mk_dir("flow");
+    let dir = mk_dir("ca-tls-flow");
     write_token(&dir, "reviews", "t-reviews", REVIEWS);
     let running = start(&dir).await;
 
@@ -234,6 +242,44 @@ async fn a_workload_gets_a_certificate_and_uses_it_for_its_own_node_only() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 
+    // Delta streams are held to the same rules.
+    let me = identity(&running, "t-reviews", REVIEWS).await;
+    let ch = channel(&running, Some(me.clone())).await;
+    assert_eq!(delta(ch, "reviews.default").await.unwrap(), INBOUND);
+    let ch = channel(&running, Some(me)).await;
+    let err = delta(ch, "ratings.default").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = delta(channel(&running, None).await, "reviews.default")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // A proxy holding a valid certificate for reviews cannot get one for ratings, whatever
+    // channel it calls on: the token decides, and the CSR must match it.
+    let me = identity(&running, "t-reviews", REVIEWS).await;
+    let other = KeyPair::generate().unwrap();
+    for token in [Some("t-reviews"), None] {
+        let ch = channel(&running, Some(me.clone())).await;
+        let err = create_on(ch, token, csr_for(&other, RATINGS))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.code(), Code::PermissionDenied | Code::Unauthenticated),
+            "{err:?}"
+        );
+    }
+
+    // The CA's results and root expiry are on /metrics.
+    let metrics = http_get(running.admin_addr, "/metrics").await;
+    for line in [
+        "weft_control_ca_certificates_total{result=\"issued\"}",
+        "weft_control_ca_certificates_total{result=\"not_caller\"} 1",
+        "weft_control_ca_certificates_total{result=\"unauthenticated\"} 1",
+        "weft_control_ca_root_expiry_timestamp_seconds ",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
     running.shutdown.cancel();
     running.wait().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
@@ -241,7 +287,7 @@ async fn a_workload_gets_a_certificate_and_uses_it_for_its_own_node_only() {
 
 #[tokio::test]
 async fn bad_tokens_and_other_identities_are_refused() {
-    let dir = mk_dir("refuse");
+    let dir = mk_dir("ca-tls-refuse");
     write_token(&dir, "reviews", "t-reviews", REVIEWS);
     let running = start(&dir).await;
     let key = KeyPair::generate().unwrap();
@@ -282,7 +328,7 @@ async fn bad_tokens_and_other_identities_are_refused() {
 
 #[tokio::test]
 async fn a_restart_reuses_the_root_and_earlier_certificates_still_work() {
-    let dir = mk_dir("restart");
+    let dir = mk_dir("ca-tls-restart");
     write_token(&dir, "reviews", "t-reviews", REVIEWS);
     let running = start(&dir).await;
     let root = std::fs::read(&running.ca_root).unwrap();
@@ -302,7 +348,7 @@ async fn a_restart_reuses_the_root_and_earlier_certificates_still_work() {
 
 #[tokio::test]
 async fn a_certificate_from_another_root_is_refused_at_the_handshake() {
-    let dir = mk_dir("foreign");
+    let dir = mk_dir("ca-tls-foreign");
     let running = start(&dir).await;
     // A root of its own, and a leaf for the right identity signed by it.
     let foreign =
@@ -347,7 +393,7 @@ async fn a_certificate_from_another_root_is_refused_at_the_handshake() {
 
 #[tokio::test]
 async fn plaintext_xds_keeps_the_spine_transport() {
-    let dir = mk_dir("plain");
+    let dir = mk_dir("ca-tls-plain");
     let running = app::start(
         &mk_args(&dir, &["--plaintext-xds"]),
         NoStore,

@@ -5,9 +5,10 @@
 //! up` writes)". [`Authenticator`] is that seam; [`LocalTokens`] is the local-mode half, and
 //! TokenReview arrives with the Kubernetes issue as a second implementation.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
@@ -36,6 +37,16 @@ pub enum AuthnError {
     Backend(String),
 }
 
+impl AuthnError {
+    /// A short name of the refusal: the `result` label of `ca_certificates_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing | Self::NotBearer | Self::Unknown => "unauthenticated",
+            Self::Backend(_) => "authn_unavailable",
+        }
+    }
+}
+
 /// Checks a bearer token.
 #[tonic::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
@@ -62,21 +73,72 @@ struct TokenFile {
     node_id: Option<String>,
 }
 
-/// Local mode: `<dir>/*.json`, one token per workload. The directory is re-read whenever a
-/// token is not found (a workload added while the control plane runs is known at its first
-/// call) and whenever the directory's modification time changed (a token rewritten or
-/// removed by `weftctl up` stops working at once, not at the next miss).
+/// Local mode: `<dir>/*.json`, one token per workload.
+///
+/// The directory is read again when its modification time changed (a token added, rewritten
+/// or removed by `weftctl up` takes effect at the next call) and, when a token is not found,
+/// at most once per [`MISS_RELOAD_INTERVAL`] (for changes the directory's mtime does not show,
+/// such as a file rewritten in place). A flood of unknown tokens therefore costs one `stat`
+/// per request, not one directory read.
+///
+/// Tokens are secrets: they are matched by a constant-time comparison against every known
+/// token, never by a hash-map lookup or an early-exit string compare, and never logged.
 #[derive(Debug, Clone)]
 pub struct LocalTokens {
     dir: PathBuf,
     known: Arc<Mutex<Known>>,
+    /// Held while the directory is read, so concurrent misses cause one read, not many.
+    reading: Arc<tokio::sync::Mutex<()>>,
+    /// Directory reads so far (tests check the miss rate limit with it).
+    reads: Arc<AtomicU64>,
 }
 
-#[derive(Debug, Default)]
+/// How often, at most, a token that is not known makes [`LocalTokens`] read its directory.
+pub const MISS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
 struct Known {
     /// The directory's mtime at the last read.
-    read_at: Option<std::time::SystemTime>,
-    tokens: HashMap<String, Caller>,
+    mtime: Option<SystemTime>,
+    /// When the directory was last read (monotonic), if ever.
+    read_at: Option<Instant>,
+    tokens: Vec<(Vec<u8>, Caller)>,
+}
+
+impl std::fmt::Debug for Known {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tokens are secrets: only their number is shown.
+        f.debug_struct("Known")
+            .field("mtime", &self.mtime)
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Known {
+    /// The caller of `token`, comparing against every known token in constant time.
+    fn find(&self, token: &str) -> Option<Caller> {
+        let mut found = None;
+        for (known, caller) in &self.tokens {
+            // No early exit: every entry is compared whatever matched before.
+            if ct_eq(known, token.as_bytes()) && found.is_none() {
+                found = Some(caller.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Whether `a == b`, in time that depends only on the lengths, not on where they differ.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    // Keeps the optimiser from turning the loop back into an early exit.
+    std::hint::black_box(diff) == 0
 }
 
 impl LocalTokens {
@@ -85,44 +147,70 @@ impl LocalTokens {
         Self {
             dir: dir.into(),
             known: Arc::default(),
+            reading: Arc::default(),
+            reads: Arc::default(),
         }
+    }
+
+    /// How many times the directory has been read.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn mtime(&self) -> Option<std::time::SystemTime> {
+    fn mtime(&self) -> Option<SystemTime> {
         std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok()
     }
 
-    /// A cached answer, unless the directory changed since it was read.
-    fn lookup(&self, token: &str) -> Option<Caller> {
-        let mtime = self.mtime();
+    /// Whether the directory must be read before answering: never read, changed since, or
+    /// (after a miss) not read for [`MISS_RELOAD_INTERVAL`].
+    fn stale(&self, mtime: Option<SystemTime>, missed: bool, now: Instant) -> bool {
         let known = self.lock();
-        if known.read_at.is_none() || known.read_at != mtime {
-            return None;
+        match known.read_at {
+            None => true,
+            Some(_) if known.mtime != mtime => true,
+            Some(at) => missed && now.saturating_duration_since(at) >= MISS_RELOAD_INTERVAL,
         }
-        known.tokens.get(token).cloned()
     }
 
     /// Re-reads the directory, replacing what was known. A bad file is logged and skipped,
     /// so one broken file cannot lock every workload out.
     fn reload(&self) -> Result<(), AuthnError> {
         // The mtime is taken before reading: a change during the read triggers another read.
-        let read_at = self.mtime();
+        let mtime = self.mtime();
+        let read_at = Instant::now();
         let tokens = read_dir(&self.dir)?;
-        *self.lock() = Known { read_at, tokens };
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        *self.lock() = Known {
+            mtime,
+            read_at: Some(read_at),
+            tokens,
+        };
         Ok(())
     }
 
-    fn cached(&self, token: &str) -> Option<Caller> {
-        self.lock().tokens.get(token).cloned()
+    /// Reads the directory if it is still stale once the read lock is held (another caller
+    /// may have just read it).
+    async fn reload_if_stale(&self, missed: bool) -> Result<(), AuthnError> {
+        let _reading = self.reading.lock().await;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if this.stale(this.mtime(), missed, Instant::now()) {
+                this.reload()
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| AuthnError::Backend(e.to_string()))?
     }
 }
 
-fn read_dir(dir: &Path) -> Result<HashMap<String, Caller>, AuthnError> {
-    let mut known = HashMap::new();
+fn read_dir(dir: &Path) -> Result<Vec<(Vec<u8>, Caller)>, AuthnError> {
+    let mut known = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // No directory yet means no tokens yet, not a broken backend.
@@ -138,7 +226,7 @@ fn read_dir(dir: &Path) -> Result<HashMap<String, Caller>, AuthnError> {
         }
         match parse_file(&path) {
             Ok((token, caller)) => {
-                known.insert(token, caller);
+                known.push((token.into_bytes(), caller));
             }
             Err(reason) => {
                 tracing::warn!(file = %path.display(), %reason, "ignoring token file");
@@ -167,14 +255,19 @@ fn parse_file(path: &Path) -> Result<(String, Caller), String> {
 #[tonic::async_trait]
 impl Authenticator for LocalTokens {
     async fn authenticate(&self, token: &str) -> Result<Caller, AuthnError> {
-        if let Some(caller) = self.lookup(token) {
+        // One `stat` per call: a changed directory is read before the token is looked up, so
+        // a removed or rewritten token stops working at once.
+        if self.stale(self.mtime(), false, Instant::now()) {
+            self.reload_if_stale(false).await?;
+        }
+        if let Some(caller) = self.lock().find(token) {
             return Ok(caller);
         }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.reload())
-            .await
-            .map_err(|e| AuthnError::Backend(e.to_string()))??;
-        self.cached(token).ok_or(AuthnError::Unknown)
+        // Not known: read again, but at most once per interval whatever the request rate.
+        if self.stale(self.mtime(), true, Instant::now()) {
+            self.reload_if_stale(true).await?;
+        }
+        self.lock().find(token).ok_or(AuthnError::Unknown)
     }
 }
 
@@ -243,6 +336,69 @@ mod tests {
         );
         assert_eq!(tokens.authenticate("t1").await, Err(AuthnError::Unknown));
         assert!(tokens.authenticate("t2").await.is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(!ct_eq(b"secret", b"secre"));
+        assert!(!ct_eq(b"", b"x"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[tokio::test]
+    async fn unknown_tokens_do_not_reread_the_dir_every_time() {
+        let dir = mk_dir();
+        let id = "spiffe://cluster.local/ns/default/sa/reviews";
+        write(&dir, "reviews", "t1", id);
+        let tokens = LocalTokens::new(&dir);
+        assert!(tokens.authenticate("t1").await.is_ok());
+        let before = tokens.reads();
+        for i in 0..200 {
+            let guess = format!("guess-{i}");
+            assert_eq!(tokens.authenticate(&guess).await, Err(AuthnError::Unknown));
+        }
+        assert!(
+            tokens.reads() - before <= 1,
+            "{} reads for 200 unknown tokens",
+            tokens.reads() - before
+        );
+        // A new workload's token is still found at its first call: the directory changed.
+        write(
+            &dir,
+            "ratings",
+            "t2",
+            "spiffe://cluster.local/ns/default/sa/ratings",
+        );
+        assert!(tokens.authenticate("t2").await.is_ok());
+        // A file rewritten in place (the directory's mtime unchanged) is seen by the next miss
+        // once the interval has passed.
+        std::thread::sleep(MISS_RELOAD_INTERVAL + Duration::from_millis(50));
+        std::fs::write(
+            dir.join("reviews.json"),
+            format!(r#"{{"token": "t3", "identity": "{id}"}}"#),
+        )
+        .unwrap();
+        assert!(tokens.authenticate("t3").await.is_ok());
+        assert_eq!(tokens.authenticate("t1").await, Err(AuthnError::Unknown));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_token() {
+        let dir = mk_dir();
+        write(
+            &dir,
+            "reviews",
+            "s3cr3t-token",
+            "spiffe://cluster.local/ns/default/sa/reviews",
+        );
+        let tokens = LocalTokens::new(&dir);
+        tokens.reload().unwrap();
+        assert!(!format!("{tokens:?}").contains("s3cr3t"), "{tokens:?}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

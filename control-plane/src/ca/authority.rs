@@ -63,6 +63,8 @@ pub struct Authority {
     /// PEM certificates above a leaf: the issuer first, the root last.
     chain: Vec<String>,
     issuer_not_after: SystemTime,
+    /// The root's `notAfter`: when every certificate of this mesh stops verifying.
+    root_not_after: SystemTime,
     max_lifetime: Duration,
 }
 
@@ -119,6 +121,22 @@ pub enum SignError {
     Internal(String),
 }
 
+impl SignError {
+    /// A short name of the refusal: the `result` label of `ca_certificates_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MalformedCsr(_) => "malformed_csr",
+            Self::SanCount(_) => "bad_san",
+            Self::NotSpiffe(_) => "not_spiffe",
+            Self::TrustDomain { .. } => "wrong_trust_domain",
+            Self::NotCaller { .. } => "not_caller",
+            Self::BadValidity(_) => "bad_validity",
+            Self::IssuerExpiring => "issuer_expiring",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
 // === impl Authority ===
 
 impl Authority {
@@ -134,14 +152,14 @@ impl Authority {
         let issuer_not_after = not_after(&issuer_der)?;
         let issuer = Issuer::from_ca_cert_der(&issuer_der, key)
             .map_err(|e| AuthorityError::Cert(e.to_string()))?;
-        if material.chain.is_empty() {
-            return Err(AuthorityError::EmptyChain);
-        }
+        let root_pem = material.chain.last().ok_or(AuthorityError::EmptyChain)?;
+        let root_not_after = not_after(&pem_to_der(root_pem)?)?;
         Ok(Self {
             trust_domain: trust_domain.into(),
             issuer,
             chain: material.chain.clone(),
             issuer_not_after,
+            root_not_after,
             max_lifetime,
         })
     }
@@ -154,6 +172,11 @@ impl Authority {
     pub fn root_pem(&self) -> &str {
         // `new` refuses an empty chain.
         self.chain.last().map(String::as_str).unwrap_or_default()
+    }
+
+    /// When the root expires (`ca_root_expiry_timestamp_seconds`).
+    pub fn root_not_after(&self) -> SystemTime {
+        self.root_not_after
     }
 
     /// The certificates above a leaf (PEM), issuer first, root last.
@@ -398,6 +421,33 @@ pub fn not_after(der: &[u8]) -> Result<SystemTime, AuthorityError> {
     let secs = u64::try_from(secs)
         .map_err(|_| AuthorityError::Cert(format!("notAfter before 1970 ({secs})")))?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// An intermediate signed by a fresh root, as Istio's `cacerts` holds them; for tests.
+#[cfg(test)]
+pub(crate) struct TestIntermediate {
+    pub int_pem: String,
+    pub int_key_pem: String,
+    pub root_pem: String,
+}
+
+#[cfg(test)]
+pub(crate) fn test_intermediate() -> TestIntermediate {
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::default();
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let root = rcgen::CertifiedIssuer::self_signed(root_params, root_key).unwrap();
+    let int_key = KeyPair::generate().unwrap();
+    let mut int_params = CertificateParams::default();
+    int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let int = int_params.signed_by(&int_key, &root).unwrap();
+    TestIntermediate {
+        int_pem: int.pem(),
+        int_key_pem: int_key.serialize_pem(),
+        root_pem: root.pem(),
+    }
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ pub fn parse_lifetime(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    use rcgen::{CertificateParams, KeyPair};
 
     use super::*;
     use crate::spiffe::SpiffeId;
@@ -175,26 +175,17 @@ mod tests {
 
     /// Istio's `cacerts` layout: an intermediate signed by a root.
     fn write_plugin(dir: &Path) -> (String, String) {
-        let root_key = KeyPair::generate().unwrap();
-        let mut root_params = CertificateParams::default();
-        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let root = rcgen::CertifiedIssuer::self_signed(root_params, root_key).unwrap();
-        let int_key = KeyPair::generate().unwrap();
-        let mut int_params = CertificateParams::default();
-        int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let int = int_params.signed_by(&int_key, &root).unwrap();
+        let t = authority::test_intermediate();
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("ca-cert.pem"), int.pem()).unwrap();
-        std::fs::write(dir.join("ca-key.pem"), int_key.serialize_pem()).unwrap();
-        std::fs::write(dir.join("root-cert.pem"), root.pem()).unwrap();
+        std::fs::write(dir.join("ca-cert.pem"), &t.int_pem).unwrap();
+        std::fs::write(dir.join("ca-key.pem"), &t.int_key_pem).unwrap();
+        std::fs::write(dir.join("root-cert.pem"), &t.root_pem).unwrap();
         std::fs::write(
             dir.join("cert-chain.pem"),
-            format!("{}{}", int.pem(), root.pem()),
+            format!("{}{}", t.int_pem, t.root_pem),
         )
         .unwrap();
-        (int.pem(), root.pem())
+        (t.int_pem, t.root_pem)
     }
 
     #[test]

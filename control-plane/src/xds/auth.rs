@@ -5,6 +5,8 @@
 //! it should, and one that impersonates a node could confuse `/debug/syncz`. The rule is pure
 //! and reads the proxy's own snapshot, so it follows exactly what translation decided:
 //!
+//! - the SPIFFE ID must be of the mesh's trust domain (the trust bundle may hold roots of
+//!   others during a rotation);
 //! - the node has an `Inbound` (a WorkloadEntry or pod): the certificate's SPIFFE ID must equal
 //!   `Inbound.identity`;
 //! - otherwise (no workload known yet): the SPIFFE ID's namespace must be the node id's.
@@ -29,6 +31,9 @@ pub enum AuthzError {
     /// The certificate carries no usable SPIFFE ID.
     #[error("the client certificate has no usable SPIFFE ID: {0}")]
     BadCertificate(SpiffeError),
+    /// The certificate is of another trust domain.
+    #[error("the client certificate is {peer}, not of trust domain {trust_domain}")]
+    WrongTrustDomain { trust_domain: String, peer: String },
     /// The identity is not the node's workload identity.
     #[error("node {node_id} runs as {expected}, but the client certificate is {peer}")]
     WrongIdentity {
@@ -53,8 +58,20 @@ pub fn peer_identity(peer_certs: Option<&[impl AsRef<[u8]>]>) -> Result<SpiffeId
     SpiffeId::from_cert_der(leaf.as_ref()).map_err(AuthzError::BadCertificate)
 }
 
-/// Whether `peer` may read `node_id`'s config, whose snapshot is `snapshot`.
-pub fn authorize(peer: &SpiffeId, node_id: &str, snapshot: &Snapshot) -> Result<(), AuthzError> {
+/// Whether `peer` may read `node_id`'s config, whose snapshot is `snapshot`, in a mesh of
+/// `trust_domain`.
+pub fn authorize(
+    peer: &SpiffeId,
+    trust_domain: &str,
+    node_id: &str,
+    snapshot: &Snapshot,
+) -> Result<(), AuthzError> {
+    if peer.trust_domain() != trust_domain {
+        return Err(AuthzError::WrongTrustDomain {
+            trust_domain: trust_domain.to_string(),
+            peer: peer.to_string(),
+        });
+    }
     let inbound = snapshot
         .get(INBOUND)
         .resources
@@ -110,17 +127,31 @@ mod tests {
         Snapshot::from_generated(generated)
     }
 
+    const TD: &str = "cluster.local";
+
     fn id(s: &str) -> SpiffeId {
         SpiffeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn another_trust_domain_is_refused_even_in_the_right_namespace() {
+        let me = id("spiffe://other.example/ns/default/sa/reviews");
+        for snap in [
+            snapshot(None),
+            snapshot(Some("spiffe://cluster.local/ns/default/sa/reviews")),
+        ] {
+            let err = authorize(&me, TD, "reviews.default", &snap).unwrap_err();
+            assert!(matches!(err, AuthzError::WrongTrustDomain { .. }), "{err}");
+        }
     }
 
     #[test]
     fn the_workload_identity_must_match() {
         let snap = snapshot(Some("spiffe://cluster.local/ns/default/sa/reviews"));
         let me = id("spiffe://cluster.local/ns/default/sa/reviews");
-        assert_eq!(authorize(&me, "reviews.default", &snap), Ok(()));
+        assert_eq!(authorize(&me, TD, "reviews.default", &snap), Ok(()));
         let other = id("spiffe://cluster.local/ns/default/sa/ratings");
-        let err = authorize(&other, "reviews.default", &snap).unwrap_err();
+        let err = authorize(&other, TD, "reviews.default", &snap).unwrap_err();
         assert_eq!(
             err.to_string(),
             "node reviews.default runs as spiffe://cluster.local/ns/default/sa/reviews, but the \
@@ -132,8 +163,8 @@ mod tests {
     fn without_a_workload_the_namespace_must_match() {
         let snap = snapshot(None);
         let me = id("spiffe://cluster.local/ns/default/sa/anything");
-        assert_eq!(authorize(&me, "new.default", &snap), Ok(()));
-        let err = authorize(&me, "new.prod", &snap).unwrap_err();
+        assert_eq!(authorize(&me, TD, "new.default", &snap), Ok(()));
+        let err = authorize(&me, TD, "new.prod", &snap).unwrap_err();
         assert!(
             matches!(err, AuthzError::WrongNamespace { ref namespace, .. } if namespace == "prod"),
             "{err}"

@@ -45,8 +45,9 @@ pub struct AdsServer {
     syncz: Arc<SyncRegistry>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    /// Whether a stream must prove, by client certificate, that it may read its node.
-    client_auth: bool,
+    /// When set, a stream must prove by client certificate, with a SPIFFE ID of this trust
+    /// domain, that it may read its node.
+    client_auth: Option<String>,
 }
 
 impl AdsServer {
@@ -62,14 +63,14 @@ impl AdsServer {
             syncz,
             metrics,
             shutdown,
-            client_auth: false,
+            client_auth: None,
         }
     }
 
     /// Requires every stream to present a client certificate whose identity may read the node
-    /// it asks for ([`auth::authorize`]). Only meaningful behind TLS.
-    pub fn require_client_certs(mut self) -> Self {
-        self.client_auth = true;
+    /// it asks for ([`auth::authorize`]), under `trust_domain`. Only meaningful behind TLS.
+    pub fn require_client_certs(mut self, trust_domain: impl Into<String>) -> Self {
+        self.client_auth = Some(trust_domain.into());
         self
     }
 
@@ -86,7 +87,7 @@ impl AdsServer {
     ) -> Result<(P::Req, Subscription), Status> {
         // Before reading anything: a stream without a certificate gets nothing, not even a
         // config generation.
-        let peer = if self.client_auth {
+        let peer = if self.client_auth.is_some() {
             Some(
                 auth::peer_identity(peer.as_deref().map(Vec::as_slice)).map_err(|e| {
                     tracing::warn!(reason = %e, "xDS stream refused");
@@ -118,9 +119,9 @@ impl AdsServer {
             .await
             .map_err(|_| Status::internal("config generation failed"))?
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        if let Some(peer) = &peer {
+        if let (Some(peer), Some(trust_domain)) = (&peer, &self.client_auth) {
             // Dropping `sub` on refusal forgets the node again if no one else holds it.
-            auth::authorize(peer, &node_id, &sub.current()).map_err(|e| {
+            auth::authorize(peer, trust_domain, &node_id, &sub.current()).map_err(|e| {
                 tracing::warn!(node = %node_id, reason = %e, "xDS stream refused");
                 Status::permission_denied(e.to_string())
             })?;

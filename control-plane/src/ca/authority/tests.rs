@@ -130,10 +130,101 @@ fn malformed_csrs_are_refused() {
             "{garbage:?}"
         );
     }
-    // A CSR whose signature does not match its key: swap in another request's key bytes.
-    let good = csr(vec![uri(REVIEWS)]);
-    let tampered = good.replacen('A', "B", 1);
-    assert!(ca.sign_csr(&tampered, &me, 0, now()).is_err());
+    // A well-formed CSR whose signature does not verify: its subject changed after signing.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![uri(REVIEWS)];
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "aaaaaaaa");
+    let mut der = params.serialize_request(&key).unwrap().der().to_vec();
+    let at = der.windows(8).position(|w| w == b"aaaaaaaa").unwrap();
+    der[at] = b'b';
+    let tampered = pem_of_csr(&der);
+    // The same bytes untampered are accepted, so the refusal is the signature's.
+    der[at] = b'a';
+    assert!(ca.sign_csr(&pem_of_csr(&der), &me, 0, now()).is_ok());
+    let err = ca.sign_csr(&tampered, &me, 0, now()).unwrap_err();
+    assert!(
+        matches!(&err, SignError::MalformedCsr(m) if m.contains("signature")),
+        "{err}"
+    );
+}
+
+fn pem_of_csr(der: &[u8]) -> String {
+    pem_encode("CERTIFICATE REQUEST", der)
+}
+
+/// PEM armour around `der` (base64, 64 columns).
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::new();
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                text.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[test]
+fn only_the_public_key_is_taken_from_the_csr() {
+    // A CSR asking for everything a workload must not get: CA:true, certificate signing,
+    // any EKU, a subject of its own choosing.
+    let ca = mk_authority(DAY);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![uri(REVIEWS)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::Any,
+        ExtendedKeyUsagePurpose::CodeSigning,
+    ];
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Evil root");
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let chain = ca.sign_csr(&csr, &id(REVIEWS), 0, now()).unwrap();
+    let der = parse(&chain[0]);
+    let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+    assert!(!leaf.is_ca());
+    let bc = leaf.basic_constraints().unwrap();
+    assert!(bc.as_ref().is_none_or(|bc| !bc.value.ca), "{bc:?}");
+    let ku = leaf.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && ku.key_encipherment());
+    assert!(!ku.key_cert_sign() && !ku.crl_sign());
+    let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    assert!(!eku.any && !eku.code_signing && eku.other.is_empty());
+    assert!(
+        !leaf.subject().to_string().contains("Evil"),
+        "{}",
+        leaf.subject()
+    );
+    // The key is the CSR's.
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
 }
 
 #[test]
@@ -141,10 +232,16 @@ fn exactly_one_uri_san_is_required() {
     let ca = mk_authority(DAY);
     let me = id(REVIEWS);
     let dns = SanType::DnsName("reviews".try_into().unwrap());
+    let ip = SanType::IpAddress("10.0.0.1".parse().unwrap());
+    let email = SanType::Rfc822Name("a@b.c".try_into().unwrap());
     for sans in [
         vec![],
         vec![dns.clone()],
-        vec![uri(REVIEWS), dns],
+        vec![uri(REVIEWS), dns.clone()],
+        vec![dns, uri(REVIEWS)],
+        vec![uri(REVIEWS), ip.clone()],
+        vec![ip],
+        vec![uri(REVIEWS), email],
         vec![uri(REVIEWS), uri(REVIEWS)],
     ] {
         let err = ca.sign_csr(&csr(sans.clone()), &me, 0, now()).unwrap_err();
@@ -167,34 +264,29 @@ fn a_negative_validity_is_refused() {
 
 #[test]
 fn an_intermediate_signs_and_the_chain_runs_to_the_root() {
-    let root_key = KeyPair::generate().unwrap();
-    let mut root_params = CertificateParams::default();
-    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let root = rcgen::CertifiedIssuer::self_signed(root_params, root_key).unwrap();
-    let int_key = KeyPair::generate().unwrap();
-    let mut int_params = CertificateParams::default();
-    int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let int_params_for_cert = int_params.clone();
-    let int = int_params_for_cert.signed_by(&int_key, &root).unwrap();
+    let t = test_intermediate();
     let material = CaMaterial {
-        issuer_cert_pem: int.pem(),
-        issuer_key_pem: int_key.serialize_pem(),
-        chain: vec![int.pem(), root.pem()],
+        issuer_cert_pem: t.int_pem.clone(),
+        issuer_key_pem: t.int_key_pem.clone(),
+        chain: vec![t.int_pem.clone(), t.root_pem.clone()],
     };
     let ca = Authority::new(&material, TD, DAY).unwrap();
     let chain = ca
         .sign_csr(&csr(vec![uri(REVIEWS)]), &id(REVIEWS), 0, now())
         .unwrap();
     assert_eq!(chain.len(), 3);
-    assert_eq!(chain[1], int.pem());
-    assert_eq!(chain[2], root.pem());
+    assert_eq!(chain[1], t.int_pem);
+    assert_eq!(chain[2], t.root_pem);
     let der = parse(&chain[0]);
     let (_, leaf) = X509Certificate::from_der(&der).unwrap();
-    let int_der = parse(&int.pem());
+    let int_der = parse(&t.int_pem);
     let (_, int_cert) = X509Certificate::from_der(&int_der).unwrap();
     assert_eq!(leaf.issuer(), int_cert.subject());
+    // The root's expiry, not the intermediate's, is what the metric reports.
+    assert_eq!(
+        ca.root_not_after(),
+        super::not_after(&parse(&t.root_pem)).unwrap()
+    );
 }
 
 #[test]
