@@ -18,6 +18,7 @@
 
 pub mod mtls;
 mod render;
+pub mod resilience;
 #[cfg(test)]
 mod tests;
 
@@ -170,17 +171,35 @@ pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
             }
             for (name, subset) in subsets {
                 let cluster = cluster_name(port.number, name, &svc.fqdn);
+                let pool = pick_policy(
+                    dr.map(|d| &d.spec),
+                    subset,
+                    port.number,
+                    |p| p.connection_pool.as_ref(),
+                    |p| p.connection_pool.as_ref(),
+                );
                 out.clusters.push(mesh::Cluster {
                     name: cluster.clone(),
                     service: svc.fqdn.clone(),
                     port: port.number,
                     subset: name.to_string(),
                     protocol: port.protocol,
-                    load_balancer: Some(mesh::LoadBalancer {
-                        simple: load_balancer(dr.map(|d| &d.spec), subset, port.number) as i32,
-                    }),
+                    load_balancer: Some(resilience::load_balancer(load_balancer(
+                        dr.map(|d| &d.spec),
+                        subset,
+                        port.number,
+                    ))),
                     tls: Some(mtls::upstream_tls(dr.map(|d| &d.spec), subset, port.number)),
                     identities: identities.clone(),
+                    connection_pool: resilience::connection_pool(pool),
+                    outlier_detection: resilience::outlier_detection(pick_policy(
+                        dr.map(|d| &d.spec),
+                        subset,
+                        port.number,
+                        |p| p.outlier_detection.as_ref(),
+                        |p| p.outlier_detection.as_ref(),
+                    )),
+                    retry_budget: resilience::retry_budget(dr.map(|d| &d.spec), subset, pool),
                 });
                 out.endpoints.push(mesh::Endpoints {
                     endpoints: cx.endpoints(svc, port, subset),
@@ -347,6 +366,12 @@ impl<'m> Cx<'m> {
                 },
                 clusters: clusters.clone(),
                 timeout: None,
+                // Istio's default route carries its default retry policy.
+                retries: Some(resilience::retry_policy(
+                    None,
+                    self.hashes(svc, "", &[port.number]),
+                )),
+                fault: None,
             });
             tcp.push(mesh::TcpRoute {
                 port: match_port,
@@ -455,16 +480,25 @@ impl<'m> Cx<'m> {
             .name
             .clone()
             .unwrap_or_else(|| format!("{}.http[{index}]", vs.name()));
-        let timeout = route
-            .timeout
-            .as_deref()
-            .and_then(|t| kinds::parse_duration(t).ok())
-            .and_then(|d| prost_types::Duration::try_from(d).ok());
+        // Timeout and retries are kept on a route with a fault, as Istio's translation keeps
+        // them; mesh.proto's FaultInjection says how they combine (the fault comes first).
+        let timeout = resilience::duration(route.timeout.as_ref());
+        let hashed = dests.iter().any(|d| {
+            let ports: Vec<u32> = match d.port {
+                Some(p) => vec![p],
+                None => d.svc.ports.iter().map(|p| p.number).collect(),
+            };
+            self.hashes(d.svc, d.subset, &ports)
+        });
+        let retries = Some(resilience::retry_policy(route.retries.as_ref(), hashed));
+        let fault = resilience::fault(route.fault.as_ref());
         let mk = |matches: Vec<mesh::HttpMatch>, clusters| mesh::HttpRoute {
             name: name.clone(),
             matches,
             clusters,
             timeout,
+            retries: retries.clone(),
+            fault,
         };
         let expand_ports = expansion_ports(&dests);
         if expand_ports.is_empty() {
@@ -584,6 +618,17 @@ impl<'m> Cx<'m> {
                 })
             })
             .collect()
+    }
+
+    /// Whether some port of `ports` of `svc`'s `subset` balances by consistent hash (Istio
+    /// then leaves the previous-hosts predicate out of its default retry policy).
+    fn hashes(&self, svc: &Svc<'m>, subset: &str, ports: &[u32]) -> bool {
+        let dr = self.destination_rule(&svc.fqdn, svc.se.namespace());
+        let subset = dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset));
+        ports.iter().any(|port| {
+            load_balancer(dr.map(|d| &d.spec), subset, *port)
+                .is_some_and(|lb| lb.consistent_hash.is_some())
+        })
     }
 
     // === destination rules and endpoints ===
@@ -855,25 +900,17 @@ fn pick_policy<'a, T>(
     chosen
 }
 
-/// The load balancer for one port of one subset (precedence: [`pick_policy`]).
-fn load_balancer(
-    dr: Option<&DestinationRule>,
-    subset: Option<&kinds::Subset>,
+/// The `loadBalancer` block for one port of one subset (precedence: [`pick_policy`]).
+fn load_balancer<'a>(
+    dr: Option<&'a DestinationRule>,
+    subset: Option<&'a kinds::Subset>,
     port: u32,
-) -> mesh::load_balancer::Simple {
-    let chosen: Option<&LoadBalancerSettings> = pick_policy(
+) -> Option<&'a LoadBalancerSettings> {
+    pick_policy(
         dr,
         subset,
         port,
         |p| p.load_balancer.as_ref(),
         |p| p.load_balancer.as_ref(),
-    );
-    use mesh::load_balancer::Simple;
-    match chosen.and_then(|lb| lb.simple.as_deref()) {
-        Some("ROUND_ROBIN") => Simple::RoundRobin,
-        Some("RANDOM") => Simple::Random,
-        Some("LEAST_REQUEST" | "LEAST_CONN") => Simple::LeastRequest,
-        Some("PASSTHROUGH") => Simple::Passthrough,
-        _ => Simple::Unspecified,
-    }
+    )
 }

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::kinds::*;
+use crate::translate::resilience::{grpc_status_code, retry_on};
 use rules::*;
 pub(crate) use rules::{is_dns_label, is_ip_or_cidr};
 
@@ -483,10 +484,15 @@ fn http_route(e: &mut Errors, path: &str, route: &HttpRoute) {
                         &format!("{rp}.retryOn"),
                         format!("empty retry condition in {on:?}"),
                     );
-                } else if !RETRY_ON.contains(&cond) && cond.parse::<u16>().is_err() {
+                } else if retry_on(cond).is_none() {
+                    let why = if cond.bytes().all(|b| b.is_ascii_digit()) {
+                        "not a known HTTP status code"
+                    } else {
+                        "expected an HTTP status code or one of 5xx, gateway-error, reset, reset-before-request, connect-failure, envoy-ratelimited, retriable-4xx, refused-stream, retriable-status-codes, retriable-headers, http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable"
+                    };
                     e.push(
                         &format!("{rp}.retryOn"),
-                        format!("unknown retry condition {cond:?}"),
+                        format!("{cond:?} is not a valid retryOn policy: {why}"),
                     );
                 }
             }
@@ -554,6 +560,16 @@ fn http_route(e: &mut Errors, path: &str, route: &HttpRoute) {
                     format!("status {status} is out of range: must be between 200 and 599"),
                 );
             }
+            if let Some(status) = &abort.grpc_status
+                && grpc_status_code(status).is_none()
+            {
+                e.push(
+                    &format!("{ap}.grpcStatus"),
+                    format!(
+                        "{status:?} is not a valid gRPC code: expected a name such as \"UNAVAILABLE\" or \"DEADLINE_EXCEEDED\""
+                    ),
+                );
+            }
             check_percent(e, &format!("{ap}.percentage"), abort.percentage.as_ref());
         }
     }
@@ -599,26 +615,6 @@ fn http_route(e: &mut Errors, path: &str, route: &HttpRoute) {
     }
     headers(e, &format!("{path}.headers"), route.headers.as_ref());
 }
-
-/// Envoy retry conditions Istio accepts in `retryOn` (besides numeric status codes).
-const RETRY_ON: [&str; 16] = [
-    "5xx",
-    "gateway-error",
-    "reset",
-    "reset-before-request",
-    "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
-    "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-];
 
 fn http_match(e: &mut Errors, path: &str, m: &HttpMatchRequest) {
     for (name, value) in [

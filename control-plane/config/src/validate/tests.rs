@@ -68,7 +68,7 @@ fn fault_and_retry_values() {
     for want in [
         "spec.http[0].retries.attempts:",
         "spec.http[0].retries.perTryTimeout: duration \"0s\" is too short",
-        "spec.http[0].retries.retryOn: unknown retry condition \"bogus\"",
+        "spec.http[0].retries.retryOn: \"bogus\" is not a valid retryOn policy",
         "spec.http[0].fault.abort.httpStatus: status 99",
         "spec.http[0].fault.abort.percentage.value:",
     ] {
@@ -77,6 +77,47 @@ fn fault_and_retry_values() {
             "missing {want}: {got:#?}"
         );
     }
+}
+
+#[test]
+fn retry_on_takes_every_istio_condition_known_statuses_and_grpc_names() {
+    let ok = vs(
+        "hosts: [a]\nhttp: [{route: [{destination: {host: a}}], retries: {attempts: 3, retryOn: '5xx,gateway-error,reset,reset-before-request,connect-failure,envoy-ratelimited,retriable-4xx,refused-stream,retriable-status-codes,retriable-headers,http3-post-connect-failure,cancelled,deadline-exceeded,internal,resource-exhausted,unavailable,503, 429'}}]\n",
+    );
+    assert!(
+        virtual_service(&ok).is_empty(),
+        "{:?}",
+        virtual_service(&ok)
+    );
+    let bad = vs(
+        "hosts: [a]\nhttp: [{route: [{destination: {host: a}}], retries: {attempts: 3, retryOn: '5XX,599,connect-failure,,gateway_error'}}]\n",
+    );
+    assert_eq!(
+        fields(virtual_service(&bad)),
+        vec![
+            "spec.http[0].retries.retryOn: \"5XX\" is not a valid retryOn policy: expected an HTTP status code or one of 5xx, gateway-error, reset, reset-before-request, connect-failure, envoy-ratelimited, retriable-4xx, refused-stream, retriable-status-codes, retriable-headers, http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable",
+            "spec.http[0].retries.retryOn: \"599\" is not a valid retryOn policy: not a known HTTP status code",
+            "spec.http[0].retries.retryOn: empty retry condition in \"5XX,599,connect-failure,,gateway_error\"",
+            "spec.http[0].retries.retryOn: \"gateway_error\" is not a valid retryOn policy: expected an HTTP status code or one of 5xx, gateway-error, reset, reset-before-request, connect-failure, envoy-ratelimited, retriable-4xx, refused-stream, retriable-status-codes, retriable-headers, http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable",
+        ]
+    );
+}
+
+#[test]
+fn abort_grpc_status_must_be_a_grpc_code_name() {
+    let ok = vs(
+        "hosts: [a]\nhttp: [{route: [{destination: {host: a}}], fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 5}}}}]\n",
+    );
+    assert!(virtual_service(&ok).is_empty());
+    let bad = vs(
+        "hosts: [a]\nhttp: [{route: [{destination: {host: a}}], fault: {abort: {grpcStatus: unavailable}}}]\n",
+    );
+    assert_eq!(
+        fields(virtual_service(&bad)),
+        vec![
+            "spec.http[0].fault.abort.grpcStatus: \"unavailable\" is not a valid gRPC code: expected a name such as \"UNAVAILABLE\" or \"DEADLINE_EXCEEDED\""
+        ]
+    );
 }
 
 #[test]
