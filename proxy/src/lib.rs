@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod errors;
@@ -16,6 +17,8 @@ pub mod identity;
 pub mod inbound;
 pub mod model;
 pub mod outbound;
+pub mod replay;
+pub mod resilience;
 pub mod routing;
 pub mod telemetry;
 pub mod transport;
