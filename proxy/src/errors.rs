@@ -1,13 +1,16 @@
 //! Every failure the proxy answers on its own, and the one place that turns it into a response.
 //!
 //! DESIGN.md forbids silent failures: each generated response carries a `weft-proxy-error`
-//! header with a stable, greppable code, and a body that says why in words. Metrics, retries
-//! (later) and the response all read the same [`ProxyError`], so they cannot disagree.
+//! header with a stable, greppable code, an `x-weft-reason` header with the reason and its
+//! parameters (`per_try_timeout(2s,attempt=3)`, see [`Reason`]), and a body that says why in
+//! words. Metrics, the access log and the response all read the same [`ProxyError`], so they
+//! cannot disagree.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
+use crate::resilience::{REASON_HEADER, Reason};
 
 /// Header naming the proxy's own error, like Envoy's response flags but readable.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -42,6 +45,10 @@ pub enum ErrorKind {
     MtlsRequired,
     /// Inbound: mTLS to a port whose PeerAuthentication mode is DISABLE.
     MtlsDisabled,
+    /// The route's timeout or an attempt's per-try timeout expired (504).
+    Timeout,
+    /// A DestinationRule `connectionPool` limit refused the request (503).
+    UpstreamOverflow,
 }
 
 /// Who is to blame, for logs and (later) retry and breaker decisions.
@@ -63,6 +70,9 @@ pub struct ProxyError {
     pub retryable: bool,
     /// The human explanation, sent as the response body.
     pub detail: String,
+    /// The resilience reason, when one applies; otherwise the header carries the kind's
+    /// [`ErrorKind::reason_name`].
+    pub reason: Option<Reason>,
 }
 
 // === impl ErrorKind ===
@@ -83,6 +93,30 @@ impl ErrorKind {
             Self::UpstreamTlsUnsupported => "upstream-tls-unsupported",
             Self::MtlsRequired => "mtls-required",
             Self::MtlsDisabled => "mtls-disabled",
+            Self::Timeout => "timeout",
+            Self::UpstreamOverflow => "upstream-overflow",
+        }
+    }
+
+    /// The `x-weft-reason` value of an error without a more precise [`Reason`]: the code in
+    /// the reasons' snake case (`no_route`, `mtls_required`).
+    pub fn reason_name(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::NoRoute => "no_route",
+            Self::NoCluster => "no_cluster",
+            Self::NoHealthyUpstream => "no_healthy_endpoints",
+            Self::UpstreamConnectFailed => "connect_failure",
+            Self::UpstreamReset => "upstream_reset",
+            Self::PortNotServed => "port_not_served",
+            Self::NotReady => "not_ready",
+            Self::UpstreamTlsFailed => "upstream_tls_failed",
+            Self::UpstreamIdentityMismatch => "upstream_identity_mismatch",
+            Self::UpstreamTlsUnsupported => "upstream_tls_unsupported",
+            Self::MtlsRequired => "mtls_required",
+            Self::MtlsDisabled => "mtls_disabled",
+            Self::Timeout => "timeout",
+            Self::UpstreamOverflow => "upstream_overflow",
         }
     }
 
@@ -96,7 +130,9 @@ impl ErrorKind {
             | Self::NotReady
             | Self::UpstreamTlsFailed
             | Self::UpstreamTlsUnsupported
-            | Self::UpstreamIdentityMismatch => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::UpstreamIdentityMismatch
+            | Self::UpstreamOverflow => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::MtlsRequired | Self::MtlsDisabled => StatusCode::FORBIDDEN,
             Self::UpstreamReset => StatusCode::BAD_GATEWAY,
         }
@@ -113,7 +149,9 @@ impl ErrorKind {
             | Self::UpstreamConnectFailed
             | Self::UpstreamReset
             | Self::UpstreamTlsFailed
-            | Self::UpstreamIdentityMismatch => Origin::Upstream,
+            | Self::UpstreamIdentityMismatch
+            | Self::Timeout
+            | Self::UpstreamOverflow => Origin::Upstream,
             Self::MtlsRequired | Self::MtlsDisabled => Origin::Policy,
             Self::NotReady => Origin::Internal,
         }
@@ -129,6 +167,35 @@ impl ProxyError {
             origin: kind.origin(),
             retryable: matches!(kind, ErrorKind::UpstreamConnectFailed),
             detail: detail.into(),
+            reason: None,
+        }
+    }
+
+    /// This error, answered with `reason`'s status and `x-weft-reason`.
+    pub fn with_reason(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The status of the response made for this error.
+    pub fn status(&self) -> StatusCode {
+        self.reason
+            .as_ref()
+            .map_or_else(|| self.kind.status(), Reason::status)
+    }
+
+    /// The short, bounded reason name for metric labels.
+    pub fn reason_name(&self) -> &'static str {
+        self.reason
+            .as_ref()
+            .map_or_else(|| self.kind.reason_name(), Reason::name)
+    }
+
+    /// The `x-weft-reason` value.
+    pub fn reason_header(&self) -> HeaderValue {
+        match &self.reason {
+            Some(r) => r.header_value(),
+            None => HeaderValue::from_static(self.kind.reason_name()),
         }
     }
 
@@ -136,12 +203,13 @@ impl ProxyError {
     pub fn to_response(&self) -> Response<Body> {
         let text = format!("weft: {}\n", self.detail);
         let mut rsp = Response::new(body::full(Bytes::from(text)));
-        *rsp.status_mut() = self.kind.status();
+        *rsp.status_mut() = self.status();
         let h = rsp.headers_mut();
         h.insert(
             PROXY_ERROR_HEADER,
             HeaderValue::from_static(self.kind.code()),
         );
+        h.insert(REASON_HEADER, self.reason_header());
         h.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -164,8 +232,27 @@ mod tests {
         let rsp = e.to_response();
         assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
         assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], "no-route");
+        assert_eq!(rsp.headers()[REASON_HEADER], "no_route");
         assert_eq!(e.origin, Origin::Policy);
         assert!(!e.retryable);
         assert!(ProxyError::new(ErrorKind::UpstreamConnectFailed, "x").retryable);
+    }
+
+    #[test]
+    fn a_reason_sets_status_and_header() {
+        use std::time::Duration;
+        let e = ProxyError::new(ErrorKind::Timeout, "the route's timeout (2s) expired")
+            .with_reason(Reason::PerTryTimeout {
+                timeout: Duration::from_secs(2),
+                attempt: 3,
+            });
+        let rsp = e.to_response();
+        assert_eq!(rsp.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(rsp.headers()[PROXY_ERROR_HEADER], "timeout");
+        assert_eq!(
+            rsp.headers()[REASON_HEADER],
+            "per_try_timeout(2s,attempt=3)"
+        );
+        assert_eq!(e.reason_name(), "per_try_timeout");
     }
 }

@@ -265,7 +265,7 @@ async fn mtls_hop_works_and_the_inbound_sees_the_callers_spiffe_id() {
     let m = p.server.metrics.encode();
     assert!(
         m.contains(&format!(
-            r#"direction="inbound",source_workload="unknown",source_namespace="default",destination_service="",destination_workload="reviews-v1",destination_subset="",source_principal="{CLIENT_ID}",response_code="200"}} 3"#
+            r#"direction="inbound",source_workload="unknown",source_namespace="default",destination_service="",destination_workload="reviews-v1",destination_subset="",source_principal="{CLIENT_ID}",response_code="200",reason=""}} 3"#
         )),
         "{m}"
     );
@@ -351,12 +351,12 @@ async fn permissive_serves_mtls_and_plaintext_on_one_port() {
     let m = p.server.metrics.encode();
     assert!(
         m.contains(&format!(
-            r#"source_principal="{CLIENT_ID}",response_code="200"}} 1"#
+            r#"source_principal="{CLIENT_ID}",response_code="200",reason=""}} 1"#
         )),
         "{m}"
     );
     assert!(
-        m.contains(r#"source_principal="",response_code="200"} 1"#),
+        m.contains(r#"source_principal="",response_code="200",reason=""} 1"#),
         "{m}"
     );
 }

@@ -128,6 +128,7 @@ async fn metrics_are_prometheus_text() {
         destination_workload: "reviews-v1".into(),
         destination_subset: "v1".into(),
         response_code: 200,
+        reason: "",
     });
     let (status, ctype, body) = get(&a.state, "/metrics").await;
     assert_eq!(status, StatusCode::OK);

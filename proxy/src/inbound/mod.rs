@@ -52,17 +52,30 @@ impl Handler for Inbound {
         } else {
             self.http(&snapshot, req, &conn).await
         };
+        let mut reason = "";
         let rsp = rsp.unwrap_or_else(|e| {
             tracing::debug!(error = %e, kind = e.kind.code(), "inbound request failed");
+            reason = e.reason_name();
             e.to_response()
         });
-        self.record(&snapshot, rsp.status(), conn.peer_identity.as_deref());
+        self.record(
+            &snapshot,
+            rsp.status(),
+            conn.peer_identity.as_deref(),
+            reason,
+        );
         rsp
     }
 }
 
 impl Inbound {
-    fn record(&self, snapshot: &Snapshot, status: StatusCode, principal: Option<&str>) {
+    fn record(
+        &self,
+        snapshot: &Snapshot,
+        status: StatusCode,
+        principal: Option<&str>,
+        reason: &'static str,
+    ) {
         let name = snapshot
             .inbound
             .as_ref()
@@ -82,6 +95,7 @@ impl Inbound {
             destination_subset: String::new(),
             source_principal: principal.unwrap_or_default().to_string(),
             response_code: status.as_u16(),
+            reason,
         });
     }
 

@@ -5,7 +5,7 @@
 //! become its own crate, `weft-proxy-model`, which owns these conversions.)
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::HeaderName;
 use weft_api::mesh as pb;
@@ -224,19 +224,38 @@ impl TryFrom<&pb::HttpRoute> for HttpRoute {
             .enumerate()
             .map(|(n, m)| HttpMatch::try_from(m).map_err(within(&format!("matches[{n}]"))))
             .collect::<Result<_, _>>()?;
-        let timeout = match &r.timeout {
-            None => None,
-            Some(d) => Some(
-                Duration::try_from(*d)
-                    .map_err(|_| invalid("timeout", format!("{d:?} is not a valid duration")))?,
-            ),
-        };
+        let timeout = crate::resilience::route_timeout(r.timeout.as_ref())
+            .map_err(|e| invalid("timeout", e))?;
+        let retries = crate::resilience::RetryPolicy::from_route(r.retries.as_ref())
+            .map_err(|e| field_error("retries", e))?;
+        let fault = r
+            .fault
+            .as_ref()
+            .map(crate::resilience::Fault::from_proto)
+            .transpose()
+            .map_err(|e| field_error("fault", e))?
+            .map(Arc::new);
         Ok(Self {
             name: r.name.clone(),
             matches,
             clusters: weighted(&r.clusters)?,
             timeout,
+            retries: Arc::new(retries),
+            fault,
         })
+    }
+}
+
+/// A `"<field>: <why>"` error from a nested converter, rooted at `prefix`.
+fn field_error(prefix: &str, e: String) -> InvalidResource {
+    match e.split_once(": ") {
+        Some((field, why)) if !field.contains(' ') && prefix.is_empty() => {
+            invalid(field, why.to_string())
+        }
+        Some((field, why)) if !field.contains(' ') => {
+            invalid(format!("{prefix}.{field}"), why.to_string())
+        }
+        _ => invalid(prefix, e),
     }
 }
 
@@ -345,23 +364,23 @@ impl TryFrom<&pb::HttpMatch> for HttpMatch {
 impl TryFrom<&pb::Cluster> for ClusterSpec {
     type Error = InvalidResource;
     fn try_from(c: &pb::Cluster) -> Result<Self, Self::Error> {
-        use pb::load_balancer::Simple;
         if c.name.is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
-        let simple = c
-            .load_balancer
-            .as_ref()
-            .map(|lb| Simple::try_from(lb.simple).unwrap_or(Simple::Unspecified))
-            .unwrap_or(Simple::Unspecified);
-        let lb = match simple {
-            Simple::Random => LbPolicy::Random,
-            Simple::Passthrough => LbPolicy::Passthrough,
-            // LEAST_REQUEST is Istio's default; round robin stands in until the load-balancing
-            // issue brings it (see mesh.proto).
-            Simple::Unspecified | Simple::RoundRobin | Simple::LeastRequest => LbPolicy::RoundRobin,
+        let lb = match &c.load_balancer {
+            Some(lb) => crate::balance::LbConfig::from_proto(lb)
+                .map_err(|e| field_error("load_balancer", e))?,
+            None => crate::balance::LbConfig::default(),
         };
+        let outlier = c
+            .outlier_detection
+            .as_ref()
+            .map(crate::balance::OutlierConfig::from_proto)
+            .transpose()
+            .map_err(|e| field_error("outlier_detection", e))?;
         let (tls, origination) = upstream_tls(c.tls.as_ref())?;
+        let policy =
+            crate::resilience::ClusterPolicy::from_proto(c).map_err(|e| field_error("", e))?;
         Ok(Self {
             name: c.name.clone(),
             service: c.service.clone(),
@@ -369,9 +388,11 @@ impl TryFrom<&pb::Cluster> for ClusterSpec {
             subset: c.subset.clone(),
             protocol: protocol(c.protocol),
             lb,
+            outlier,
             tls,
             origination,
             identities: c.identities.clone(),
+            policy,
         })
     }
 }

@@ -3,7 +3,8 @@
 //! The data path never touches protobuf: it reads an `Arc<Snapshot>` built here, so every
 //! `Option` and string-typed field of the wire format is checked once (at apply time, where a
 //! failure becomes a NACK) instead of on every request. A snapshot is rebuilt whole on each
-//! accepted xDS response; nothing in it changes afterwards, except the load balancer's cursor.
+//! accepted xDS response; nothing in it changes afterwards. Balancer and breaker state lives
+//! beside it ([`ClusterRuntime`]), shared by successive snapshots.
 
 mod convert;
 mod types;
@@ -57,6 +58,18 @@ impl SharedSnapshot {
     }
 }
 
+/// Each cluster's [`ClusterRuntime`] by name: kept by the xDS applier across snapshots.
+#[derive(Debug, Default)]
+pub struct Runtimes(std::sync::Mutex<HashMap<String, ClusterRuntime>>);
+
+impl Runtimes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ClusterRuntime>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Everything the data path needs, frozen. Cheap to share (`Arc`), never mutated.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -79,6 +92,16 @@ impl Snapshot {
     /// sent (yet) is answered with 503 at request time rather than NACKed, because xDS types
     /// arrive one at a time and a transient gap must not reject a good update.
     pub fn build(parts: &Parts) -> Self {
+        Self::build_with(parts, &Runtimes::default(), None)
+    }
+
+    /// [`Snapshot::build`] on the clusters' long-lived state in `runtimes` (created for new
+    /// clusters, dropped for clusters no longer sent), reusing the balancers of `previous`
+    /// where a cluster's balancing inputs did not change.
+    pub fn build_with(parts: &Parts, runtimes: &Runtimes, previous: Option<&Snapshot>) -> Self {
+        let now = tokio::time::Instant::now();
+        let mut states = runtimes.lock();
+        states.retain(|name, _| parts.clusters.contains_key(name));
         let clusters = parts
             .clusters
             .iter()
@@ -88,12 +111,15 @@ impl Snapshot {
                     .get(name)
                     .cloned()
                     .unwrap_or_else(|| Arc::from(Vec::new()));
-                (
-                    name.clone(),
-                    Arc::new(Cluster::new(spec.clone(), endpoints)),
-                )
+                let runtime = states
+                    .entry(name.clone())
+                    .or_insert_with(|| ClusterRuntime::new(now));
+                let before = previous.and_then(|p| p.clusters.get(name)).map(|c| &**c);
+                let cluster = Cluster::with_runtime(spec.clone(), endpoints, runtime, before, now);
+                (name.clone(), Arc::new(cluster))
             })
             .collect();
+        drop(states);
 
         let mut hosts = HashMap::new();
         // Canonical names first, so an alias never shadows another service's real name; then

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -236,8 +235,14 @@ pub struct HttpRoute {
     /// Any one selects the route; empty selects every request.
     pub matches: Vec<HttpMatch>,
     pub clusters: Vec<WeightedCluster>,
+    /// The whole request's bound (Istio `timeout`); `None`: unbounded.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub timeout: Option<Duration>,
+    /// Always present: Istio's default policy when the route wrote none. Shared, so a
+    /// request clones a pointer, not the policy.
+    pub retries: Arc<crate::resilience::RetryPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Arc<crate::resilience::Fault>>,
 }
 
 /// One Istio `HTTPMatchRequest`: every present condition must hold.
@@ -319,26 +324,22 @@ pub struct TcpRoute {
     pub clusters: Vec<WeightedCluster>,
 }
 
-/// Load-balancing algorithm, as far as this release implements them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum LbPolicy {
-    /// ROUND_ROBIN, and for now also UNSPECIFIED and LEAST_REQUEST.
-    RoundRobin,
-    Random,
-    /// PASSTHROUGH: the original destination; balanced as round robin until interception lands.
-    Passthrough,
-}
+/// The simple load-balancing algorithms (Istio `loadBalancer.simple`).
+pub use crate::balance::Simple as LbPolicy;
 
 /// A cluster as the control plane described it, before it is joined with its endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterSpec {
     pub name: String,
     pub service: String,
     pub port: u16,
     pub subset: String,
     pub protocol: Protocol,
-    pub lb: LbPolicy,
+    /// How endpoints are picked (DestinationRule `loadBalancer`).
+    pub lb: crate::balance::LbConfig,
+    /// Passive health checking (DestinationRule `outlierDetection`); `None`: no ejection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<crate::balance::OutlierConfig>,
     pub tls: UpstreamTlsMode,
     /// SIMPLE/MUTUAL settings; `None` for the other modes.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -346,9 +347,12 @@ pub struct ClusterSpec {
     /// Secure naming: the SPIFFE IDs a server of this cluster may present; empty means
     /// each endpoint's own `identity`.
     pub identities: Vec<String>,
+    /// Connection-pool limits and retry budget (DestinationRule `connectionPool`,
+    /// `retryBudget`).
+    pub policy: crate::resilience::ClusterPolicy,
 }
 
-/// A cluster joined with its endpoints, plus the balancer's cursor.
+/// A cluster joined with its endpoints and its live state.
 #[derive(Debug, Serialize)]
 pub struct Cluster {
     #[serde(flatten)]
@@ -361,16 +365,54 @@ pub struct Cluster {
         serialize_with = "ser_origination"
     )]
     pub origination: Option<Result<Arc<SimpleTls>, String>>,
-    /// Round-robin position. The only mutable thing in a snapshot: it is balancer state, not
-    /// config, and restarting it at 0 when a new snapshot arrives is harmless.
+    /// Picks endpoints (indices into `endpoints`) and takes their outcomes. Built for this
+    /// config and endpoint set (ring and Maglev tables included), on endpoint state that
+    /// outlives snapshots: see [`ClusterRuntime`].
+    #[serde(rename = "endpoint_health", serialize_with = "ser_balancer")]
+    pub balancer: Arc<crate::balance::Balancer>,
+    /// Live connection-pool and retry counters (shared across snapshots).
     #[serde(skip)]
-    cursor: AtomicUsize,
+    pub limits: Arc<crate::resilience::ClusterLimits>,
+}
+
+/// The state of a cluster that must survive config updates: endpoint health (outlier
+/// ejections, latency estimates, in-flight counts, warmup start) and the circuit breaker's
+/// counters. A snapshot is rebuilt on every update; without this, each push would forgive
+/// every ejected endpoint and reset every limit.
+#[derive(Debug, Clone)]
+pub struct ClusterRuntime {
+    pub balance: Arc<crate::balance::ClusterState>,
+    pub limits: Arc<crate::resilience::ClusterLimits>,
+}
+
+impl ClusterRuntime {
+    pub fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            balance: crate::balance::ClusterState::new(now),
+            limits: crate::resilience::ClusterLimits::new(),
+        }
+    }
 }
 
 impl Cluster {
-    /// Joins `spec` with `endpoints`; for SIMPLE this loads the roots (reads the
-    /// `ca_certificates` file when it is a path).
+    /// Joins `spec` with `endpoints` on fresh runtime state (tests, and a cluster seen for
+    /// the first time); see [`Cluster::with_runtime`].
     pub fn new(spec: Arc<ClusterSpec>, endpoints: Arc<[Endpoint]>) -> Self {
+        let now = tokio::time::Instant::now();
+        Self::with_runtime(spec, endpoints, &ClusterRuntime::new(now), None, now)
+    }
+
+    /// Joins `spec` with `endpoints` on `runtime`. For SIMPLE this loads the roots (reads
+    /// the `ca_certificates` file when it is a path). The balancer of `previous` (the same
+    /// cluster in the snapshot being replaced) is kept when neither the balancing config nor
+    /// the endpoints changed, so an update elsewhere in the mesh does not rebuild hash tables.
+    pub fn with_runtime(
+        spec: Arc<ClusterSpec>,
+        endpoints: Arc<[Endpoint]>,
+        runtime: &ClusterRuntime,
+        previous: Option<&Cluster>,
+        now: tokio::time::Instant,
+    ) -> Self {
         let origination = match (&spec.tls, &spec.origination) {
             (UpstreamTlsMode::Simple, Some(o)) => Some(resolve_simple(&spec, o).map(Arc::new)),
             (UpstreamTlsMode::Simple, None) => Some(Ok(Arc::new(SimpleTls::new(
@@ -382,18 +424,36 @@ impl Cluster {
             )))),
             _ => None,
         };
+        let members: Vec<(SocketAddr, u32)> =
+            endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+        let balancer = match previous {
+            Some(p)
+                // Same runtime (the limits stand for it) and same inputs.
+                if Arc::ptr_eq(&p.limits, &runtime.limits)
+                    && p.balancer
+                        .same_inputs(&spec.lb, spec.outlier.as_ref(), &members) =>
+            {
+                p.balancer.clone()
+            }
+            _ => Arc::new(runtime.balance.balancer(
+                spec.lb.clone(),
+                spec.outlier.clone(),
+                &members,
+                now,
+            )),
+        };
         Self {
             spec,
             endpoints,
             origination,
-            cursor: AtomicUsize::new(0),
+            balancer,
+            limits: runtime.limits.clone(),
         }
     }
+}
 
-    /// Advances the round-robin cursor and returns its previous value.
-    pub fn next_tick(&self) -> usize {
-        self.cursor.fetch_add(1, Ordering::Relaxed)
-    }
+fn ser_balancer<S: Serializer>(b: &Arc<crate::balance::Balancer>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(b.stats(tokio::time::Instant::now()))
 }
 
 /// SIMPLE settings -> what a dial needs. Errors are sentences for the 503 body.

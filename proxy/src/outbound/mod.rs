@@ -1,10 +1,17 @@
 //! The outbound proxy: what the local app sends, routed to a service's endpoint.
 //!
 //! In local mode the app uses this listener as an explicit HTTP proxy. A request goes:
-//! accept (HTTP/1.1 or h2c) -> authority -> `routing::select_http` (pure) -> endpoint ->
-//! mesh hop (peer proxy, HTTP/2, `weft-*` headers) or plain upstream -> response.
-//! CONNECT goes: authority -> `routing::select_tcp` -> HTTP/2 CONNECT to the peer proxy, or
-//! TCP -> bytes spliced both ways.
+//! accept (HTTP/1.1 or h2c) -> authority -> `routing::select_http` (pure: route and weighted
+//! cluster) -> fault injection -> under the route's timeout, attempts: pick an endpoint
+//! (balancer), take a slot in the cluster's connection-pool limits, send over the mesh hop
+//! (peer proxy, HTTP/2, `weft-*` headers) or to the plain upstream under the per-try
+//! timeout, classify the outcome (outlier detection, latency), and retry as the route's
+//! policy and the cluster's retry budget allow -> response.
+//! CONNECT goes: authority -> `routing::select_tcp` -> endpoint -> HTTP/2 CONNECT to the
+//! peer proxy, or TCP -> bytes spliced both ways.
+//!
+//! Every response the proxy makes up carries `x-weft-reason` (see `resilience::Reason` and
+//! `errors`), and every request ends with one access-log event (target `weft::access`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +19,17 @@ use std::sync::Arc;
 use http::header::{HOST, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
+use crate::balance::{self, HashInput, InFlight, Outcome, PickCtx};
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
 use crate::model::{Cluster, Endpoint, SharedSnapshot, SimpleTls, Snapshot, UpstreamTlsMode};
+use crate::replay::{DEFAULT_REPLAY_LIMIT, ReplayBody};
+use crate::resilience::{
+    self, AttemptOutcome, CompactDuration, Reason, RetryPolicy, RetryState, RetryStep, RetryStop,
+    TimeoutKind,
+};
 use crate::routing::{self, RequestView};
 use crate::telemetry::{Metrics, RequestLabels};
 use crate::transport::{
@@ -154,31 +168,110 @@ pub fn choose_hop(joined: &Cluster, ep: &Endpoint, have_identity: bool) -> Resul
     ))
 }
 
-/// Metric facts gathered along the way.
+/// Metric and access-log facts gathered along the way.
 #[derive(Default)]
 struct Dest {
     service: String,
     workload: String,
     subset: String,
+    /// The endpoint of the last attempt.
+    endpoint: Option<SocketAddr>,
+    /// Attempts made (0: none reached an endpoint).
+    attempts: u32,
+    /// Why the proxy answered itself (the `x-weft-reason` value), if it did.
+    reason: Option<String>,
+    /// Its short name, for the metric label.
+    reason_name: &'static str,
+    /// Why the last failure was not retried, when a retry was considered.
+    retry_stop: Option<RetryStop>,
 }
 
 impl Handler for Outbound {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         // One load per request: routing and metrics see the same config.
         let snapshot = self.snapshot.load();
         let mut dest = Dest::default();
-        let rsp = if req.method() == Method::CONNECT {
-            self.connect(&snapshot, req, &mut dest).await
+        let started = Instant::now();
+        let method = req.method().clone();
+        let target = req.uri().clone();
+        let rsp = if method == Method::CONNECT {
+            self.connect(&snapshot, req, &conn, &mut dest).await
         } else {
-            self.http(&snapshot, req, &mut dest).await
+            self.http(&snapshot, req, &conn, &mut dest).await
         };
         let rsp = rsp.unwrap_or_else(|e| {
             tracing::debug!(error = %e, kind = e.kind.code(), "outbound request failed");
+            dest.reason = Some(e.reason_header().to_str().unwrap_or_default().to_string());
+            dest.reason_name = e.reason_name();
             e.to_response()
         });
         self.record(&snapshot, &dest, rsp.status());
+        access_log(&method, &target, &dest, rsp.status(), started.elapsed());
         rsp
     }
+}
+
+/// One event per request on target `weft::access` (enable with `--log weft::access=info`):
+/// what was asked, where it went, how it ended and, when the proxy answered, why.
+fn access_log(
+    method: &Method,
+    target: &Uri,
+    dest: &Dest,
+    status: StatusCode,
+    elapsed: std::time::Duration,
+) {
+    tracing::info!(
+        target: "weft::access",
+        direction = "outbound",
+        %method,
+        %target,
+        status = status.as_u16(),
+        duration_ms = elapsed.as_millis() as u64,
+        service = %dest.service,
+        subset = %dest.subset,
+        endpoint = ?dest.endpoint,
+        attempts = dest.attempts,
+        reason = dest.reason.as_deref().unwrap_or(""),
+        retry_stop = %dest.retry_stop.map(|s| s.to_string()).unwrap_or_default(),
+    );
+}
+
+/// The request body, as each attempt gets it: once, or replayed from a bounded buffer when
+/// the route may retry (`crate::replay`).
+enum AttemptBody {
+    Once(Option<Incoming>),
+    Replay(Option<ReplayBody<Incoming>>),
+}
+
+impl AttemptBody {
+    /// The body for the next attempt; `None` when it cannot be sent again.
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Self::Once(b) => b.take().map(body::boxed),
+            Self::Replay(slot) => {
+                let current = slot.take()?;
+                // Take the spare before the current body moves into the request.
+                *slot = current.replay();
+                Some(body::boxed(current))
+            }
+        }
+    }
+
+    /// Whether another attempt could send the body again.
+    fn replayable(&self) -> bool {
+        match self {
+            Self::Once(b) => b.is_some(),
+            Self::Replay(Some(b)) => b.is_replayable() && !b.is_in_use(),
+            Self::Replay(None) => false,
+        }
+    }
+}
+
+/// How one attempt ended, before it is classified.
+enum Sent {
+    Response(Response<Incoming>),
+    Failed(ProxyError),
+    TimedOut(TimeoutKind),
 }
 
 impl Outbound {
@@ -196,6 +289,7 @@ impl Outbound {
             destination_subset: dest.subset.clone(),
             source_principal: String::new(),
             response_code: status.as_u16(),
+            reason: dest.reason_name,
         });
     }
 
@@ -203,6 +297,7 @@ impl Outbound {
         &self,
         snapshot: &Snapshot,
         req: Request<Incoming>,
+        conn: &ConnInfo,
         dest: &mut Dest,
     ) -> Result<Response<Body>, ProxyError> {
         let proto = if req.version() == Version::HTTP_2 {
@@ -222,10 +317,38 @@ impl Outbound {
             headers: req.headers(),
         };
         let decision = routing::select_http(snapshot, host, &view, &mut rand::rng())?;
-        let ep = decision.endpoint();
+        let route = decision.route();
+        let cluster = &decision.cluster;
         dest.service = decision.service.name.clone();
-        dest.subset = decision.cluster.spec.subset.clone();
-        dest.workload = ep.workload_name().0.to_string();
+        dest.subset = cluster.spec.subset.clone();
+        let affinity = cluster.balancer.hash_policy().map(|p| {
+            let input = HashInput {
+                headers: req.headers(),
+                query: req.uri().query(),
+                source_ip: Some(conn.peer.ip()),
+            };
+            balance::affinity(p, &input, &mut rand::rng())
+        });
+
+        // Faults first, as Envoy's fault filter runs before the router: a delay is not
+        // counted by the route's timeout, an abort is never retried.
+        if let Some(fault) = &route.fault {
+            let decided = resilience::decide_fault(fault, &mut rand::rng());
+            if let Some(delay) = decided.delay {
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(kind) = decided.abort {
+                let reason = Reason::FaultAbort(kind);
+                dest.reason = Some(reason.to_string());
+                dest.reason_name = reason.name();
+                let mut rsp = resilience::abort_response(kind).map(body::full);
+                rsp.headers_mut().insert(
+                    crate::errors::PROXY_ERROR_HEADER,
+                    HeaderValue::from_static("fault-abort"),
+                );
+                return Ok(rsp);
+            }
+        }
 
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -233,9 +356,207 @@ impl Outbound {
         parts.uri = Uri::try_from(format!("http://{authority}{pq}")).map_err(|e| {
             ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
         })?;
-        let mut up = Request::from_parts(parts, body::boxed(body));
+        let policy = &*route.retries;
+        let body = if policy.enabled() {
+            AttemptBody::Replay(Some(ReplayBody::new(body, DEFAULT_REPLAY_LIMIT)))
+        } else {
+            AttemptBody::Once(Some(body))
+        };
+        let hash = affinity.as_ref().and_then(|a| a.hash);
+        let attempts = Attempts {
+            cluster,
+            policy,
+            proto,
+            hash,
+            route_timeout: route.timeout,
+            route_deadline: route.timeout.and_then(|t| Instant::now().checked_add(t)),
+        };
+        let run = self.attempts(&attempts, &parts, body, dest);
+        let rsp = match (route.timeout, attempts.route_deadline) {
+            (Some(timeout), Some(deadline)) => tokio::time::timeout_at(deadline, run)
+                .await
+                .unwrap_or_else(|_| Err(route_timeout(timeout))),
+            _ => run.await,
+        };
+        let mut rsp = rsp?;
+        if let Some(cookie) = affinity.and_then(|a| a.set_cookie) {
+            rsp.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
+        Ok(rsp)
+    }
 
-        let rsp = match choose_hop(&decision.cluster, ep, self.mtls)? {
+    /// The attempt loop (runs under the route's timeout, if any).
+    async fn attempts(
+        &self,
+        a: &Attempts<'_>,
+        parts: &http::request::Parts,
+        mut body: AttemptBody,
+        dest: &mut Dest,
+    ) -> Result<Response<Body>, ProxyError> {
+        let cluster = a.cluster;
+        let mut state = RetryState::new();
+        // Endpoints tried so far, for retryIgnorePreviousHosts; attempts are few (Istio
+        // caps nothing, but budgets do), so a small fixed array is enough, oldest kept.
+        let mut tried = [0usize; 8];
+        let mut n_tried = 0;
+        loop {
+            let attempt = state.begin_attempt();
+            dest.attempts = attempt;
+            let now = Instant::now();
+            let exclude = if a.policy.ignore_previous_hosts {
+                &tried[..n_tried]
+            } else {
+                &[][..]
+            };
+            let ctx = PickCtx {
+                now,
+                exclude,
+                hash: a.hash,
+            };
+            let idx = routing::pick_endpoint(cluster, &ctx, &mut rand::rng())?;
+            if n_tried < tried.len() {
+                tried[n_tried] = idx;
+                n_tried += 1;
+            }
+            let ep = &cluster.endpoints[idx];
+            dest.workload = ep.workload_name().0.to_string();
+            dest.endpoint = Some(ep.addr);
+
+            let permit = cluster
+                .limits
+                .acquire_request(&cluster.spec.policy.pool)
+                .await
+                .map_err(|o| overflow(cluster, o))?;
+            let mut in_flight = cluster
+                .balancer
+                .endpoint(idx)
+                .map(|e| e.start(Instant::now()));
+            let Some(req_body) = body.take() else {
+                // Only reachable if a retry was allowed without a body to send: answer
+                // with the last outcome's reason rather than send an empty request.
+                return Err(ProxyError::new(
+                    ErrorKind::UpstreamReset,
+                    "the request body could not be replayed for a retry",
+                ));
+            };
+            let up = Request::from_parts(clone_parts(parts), req_body);
+            let deadline = resilience::attempt_deadline(
+                Instant::now(),
+                a.route_deadline,
+                a.policy.per_try_timeout,
+            );
+            let send = self.send(cluster, ep, a.proto, up);
+            let sent = match deadline {
+                Some((at, kind)) => match tokio::time::timeout_at(at, send).await {
+                    Ok(r) => r,
+                    Err(_) => Sent::TimedOut(kind),
+                },
+                None => send.await,
+            };
+
+            let done = Instant::now();
+            let outcome = match &sent {
+                Sent::Response(rsp) => {
+                    observe(&mut in_flight, done);
+                    cluster
+                        .balancer
+                        .report(idx, Outcome::Response(rsp.status()), done);
+                    AttemptOutcome::from_response(rsp.status(), rsp.headers())
+                }
+                Sent::TimedOut(TimeoutKind::Route) => {
+                    observe(&mut in_flight, done);
+                    cluster.balancer.report(idx, Outcome::Timeout, done);
+                    // The route's deadline is the outer timer's too; answer it here in
+                    // case this timer fired first.
+                    return Err(route_timeout(a.route_timeout.unwrap_or_default()));
+                }
+                Sent::TimedOut(TimeoutKind::PerTry) => {
+                    observe(&mut in_flight, done);
+                    cluster.balancer.report(idx, Outcome::Timeout, done);
+                    AttemptOutcome::PerTryTimeout
+                }
+                Sent::Failed(e) => {
+                    let (outcome, report) = classify(e);
+                    if let Some(r) = report {
+                        cluster.balancer.report(idx, r, done);
+                    }
+                    outcome
+                }
+            };
+            if !body.replayable() {
+                state.mark_not_replayable();
+            }
+            let step = state.next(
+                a.policy,
+                &outcome,
+                &cluster.limits,
+                &cluster.spec.policy,
+                &mut rand::rng(),
+            );
+            match step {
+                RetryStep::Retry { backoff, retry } => {
+                    tracing::debug!(
+                        cluster = %cluster.spec.name,
+                        endpoint = %ep.addr,
+                        attempt,
+                        retry,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "retrying"
+                    );
+                    // The failed attempt's response, slot and load go before the back-off.
+                    drop(sent);
+                    drop(permit);
+                    drop(in_flight);
+                    tokio::time::sleep(backoff).await;
+                }
+                RetryStep::Stop(why) => {
+                    if why != RetryStop::NotRetriable {
+                        dest.retry_stop = Some(why);
+                    }
+                    return match sent {
+                        Sent::Response(rsp) => {
+                            Ok(relay_response(rsp).map(|b| body::guarded(b, (permit, in_flight))))
+                        }
+                        Sent::Failed(e) => Err(match outcome.reason(a.policy, attempt) {
+                            Some(r) => e.with_reason(r),
+                            None => e,
+                        }),
+                        Sent::TimedOut(_) => {
+                            let timeout = a.policy.per_try_timeout.unwrap_or_default();
+                            let e = ProxyError::new(
+                                ErrorKind::Timeout,
+                                format!(
+                                    "attempt {attempt} to {} (cluster {}) got no response within \
+                                     the per-try timeout of {}",
+                                    ep.addr,
+                                    cluster.spec.name,
+                                    CompactDuration(timeout)
+                                ),
+                            );
+                            Err(match outcome.reason(a.policy, attempt) {
+                                Some(r) => e.with_reason(r),
+                                None => e,
+                            })
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// One attempt to `ep`: the hop decided from config, then the request on it.
+    async fn send(
+        &self,
+        cluster: &Cluster,
+        ep: &Endpoint,
+        proto: AppProtocol,
+        mut up: Request<Body>,
+    ) -> Sent {
+        let hop = match choose_hop(cluster, ep, self.mtls) {
+            Ok(h) => h,
+            Err(e) => return Sent::Failed(e),
+        };
+        let r = match hop {
             Hop::Mesh(peer, security) => {
                 let h = up.headers_mut();
                 // HTTP/2 carries the authority in :authority; a Host header would duplicate it.
@@ -245,22 +566,26 @@ impl Outbound {
                     APP_PROTOCOL_HEADER,
                     HeaderValue::from_static(proto.as_str()),
                 );
-                self.connector.mesh_request(peer, &security, up).await?
+                self.connector.mesh_request(peer, &security, up).await
             }
-            Hop::Direct => self.connector.http_request(ep.addr, proto, up).await?,
+            Hop::Direct => self.connector.http_request(ep.addr, proto, up).await,
             Hop::Originate(tls) => {
                 self.connector
                     .origin_request(ep.addr, &tls, proto, up)
-                    .await?
+                    .await
             }
         };
-        Ok(relay_response(rsp))
+        match r {
+            Ok(rsp) => Sent::Response(rsp),
+            Err(e) => Sent::Failed(e),
+        }
     }
 
     async fn connect(
         &self,
         snapshot: &Snapshot,
         req: Request<Incoming>,
+        conn: &ConnInfo,
         dest: &mut Dest,
     ) -> Result<Response<Body>, ProxyError> {
         let authority = req
@@ -278,26 +603,150 @@ impl Outbound {
             ));
         }
         let decision = routing::select_tcp(snapshot, host, port, &mut rand::rng())?;
-        let ep = decision.endpoint();
+        let cluster = &decision.cluster;
         dest.service = decision
             .service
             .as_ref()
             .map(|s| s.name.clone())
             .unwrap_or_default();
-        dest.subset = decision.cluster.spec.subset.clone();
+        dest.subset = cluster.spec.subset.clone();
+        // Opaque TCP has no header to hash: only `useSourceIp` affinity applies.
+        let hash = cluster.balancer.hash_policy().and_then(|p| {
+            let headers = http::HeaderMap::new();
+            let input = HashInput {
+                headers: &headers,
+                query: None,
+                source_ip: Some(conn.peer.ip()),
+            };
+            balance::affinity(p, &input, &mut rand::rng()).hash
+        });
+        let now = Instant::now();
+        let ctx = PickCtx {
+            now,
+            exclude: &[],
+            hash,
+        };
+        let idx = routing::pick_endpoint(cluster, &ctx, &mut rand::rng())?;
+        let ep = &cluster.endpoints[idx];
         dest.workload = ep.workload_name().0.to_string();
+        dest.endpoint = Some(ep.addr);
+        dest.attempts = 1;
+        let permit = cluster
+            .limits
+            .acquire_connection(&cluster.spec.policy.pool)
+            .map_err(|o| overflow(cluster, o))?;
+        let in_flight = cluster.balancer.endpoint(idx).map(|e| e.start(now));
 
         // Connect before answering, so a failure is a readable 503 instead of a dead tunnel.
-        let upstream = match choose_hop(&decision.cluster, ep, self.mtls)? {
-            Hop::Mesh(peer, security) => {
-                self.connector.mesh_tunnel(peer, &security, ep.addr).await?
-            }
-            Hop::Direct => self.connector.tcp(ep.addr).await?,
-            Hop::Originate(tls) => self.connector.origin_tunnel(ep.addr, &tls).await?,
+        let connected = match choose_hop(cluster, ep, self.mtls)? {
+            Hop::Mesh(peer, security) => self.connector.mesh_tunnel(peer, &security, ep.addr).await,
+            Hop::Direct => self.connector.tcp(ep.addr).await,
+            Hop::Originate(tls) => self.connector.origin_tunnel(ep.addr, &tls).await,
         };
-        tokio::spawn(splice_upgrade(req, upstream, ep.addr));
+        let upstream = match connected {
+            Ok(u) => {
+                cluster
+                    .balancer
+                    .report(idx, Outcome::Connected, Instant::now());
+                u
+            }
+            Err(e) => {
+                if let (_, Some(r)) = classify(&e) {
+                    cluster.balancer.report(idx, r, Instant::now());
+                }
+                return Err(e);
+            }
+        };
+        let addr = ep.addr;
+        tokio::spawn(async move {
+            // The connection counts against the pool and the endpoint's load until it ends.
+            let _held = (permit, in_flight);
+            splice_upgrade(req, upstream, addr).await;
+        });
         Ok(Response::new(body::empty()))
     }
+}
+
+/// What the attempt loop needs to know about the request's route and cluster.
+struct Attempts<'a> {
+    cluster: &'a Arc<Cluster>,
+    policy: &'a RetryPolicy,
+    proto: AppProtocol,
+    /// The affinity hash, the same for every attempt.
+    hash: Option<u64>,
+    /// The route's timeout and the deadline it sets (from the request's arrival, after any
+    /// fault delay).
+    route_timeout: Option<std::time::Duration>,
+    route_deadline: Option<Instant>,
+}
+
+/// Feeds the latency estimate once the response head (or the timeout) arrived.
+fn observe(in_flight: &mut Option<InFlight>, now: Instant) {
+    if let Some(f) = in_flight {
+        f.observe(now);
+    }
+}
+
+/// A failed attempt as the retry policy and outlier detection see it. Failures on the way to
+/// the endpoint (connect, TLS, identity) are connect failures; a failure after the request
+/// went out is a reset. Policy refusals (MUTUAL unsupported, ...) are neither: not retried,
+/// not held against the endpoint.
+fn classify(e: &ProxyError) -> (AttemptOutcome, Option<Outcome>) {
+    match e.kind {
+        ErrorKind::UpstreamConnectFailed
+        | ErrorKind::UpstreamTlsFailed
+        | ErrorKind::UpstreamIdentityMismatch => (
+            AttemptOutcome::ConnectFailure,
+            Some(Outcome::ConnectFailure),
+        ),
+        ErrorKind::UpstreamReset => (
+            AttemptOutcome::Reset { request_sent: true },
+            Some(Outcome::Reset),
+        ),
+        // Not an upstream outcome at all: a response the caller must see as is.
+        _ => (
+            AttemptOutcome::Response {
+                status: e.status().as_u16(),
+                grpc_status: None,
+            },
+            None,
+        ),
+    }
+}
+
+/// 503 for a request refused by the cluster's connection-pool limits.
+fn overflow(cluster: &Cluster, o: resilience::Overflow) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::UpstreamOverflow,
+        format!(
+            "cluster {} is at its connection-pool limit ({o}): the request was not sent",
+            cluster.spec.name
+        ),
+    )
+    .with_reason(Reason::UpstreamOverflow(o))
+}
+
+/// 504 for a request whose route timeout expired.
+fn route_timeout(timeout: std::time::Duration) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::Timeout,
+        format!(
+            "no response within the route's timeout of {}",
+            CompactDuration(timeout)
+        ),
+    )
+    .with_reason(Reason::Timeout(timeout))
+}
+
+/// A copy of the request head for one attempt. `Parts` is not `Clone` (extensions are not),
+/// and the proxy puts nothing in extensions that an upstream needs.
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
 }
 
 /// The target authority: absolute-form URI or :authority first, then the Host header.

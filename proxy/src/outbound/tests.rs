@@ -24,10 +24,12 @@ fn spec_with(
         port: 9080,
         subset: String::new(),
         protocol: crate::model::Protocol::Http,
-        lb: crate::model::LbPolicy::RoundRobin,
+        lb: Default::default(),
+        outlier: None,
         tls,
         origination,
         identities: identities.iter().map(|s| s.to_string()).collect(),
+        policy: Default::default(),
     };
     Cluster::new(Arc::new(spec), Arc::from(Vec::new()))
 }

@@ -22,8 +22,9 @@ pub struct RequestView<'a> {
 }
 
 /// The first route of `svc` that `req` selects.
-pub fn match_route<'s>(svc: &'s Service, req: &RequestView<'_>) -> Option<&'s HttpRoute> {
-    svc.http.iter().find(|r| route_selects(r, req))
+/// The index of the first route of `svc` that selects `req` (first match wins, as Istio).
+pub fn match_route(svc: &Service, req: &RequestView<'_>) -> Option<usize> {
+    svc.http.iter().position(|r| route_selects(r, req))
 }
 
 fn route_selects(route: &HttpRoute, req: &RequestView<'_>) -> bool {

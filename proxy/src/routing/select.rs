@@ -1,22 +1,24 @@
-//! From a request to a concrete endpoint: service by host, route, weighted cluster, endpoint.
-//! Randomness is passed in so tests can seed it.
+//! From a request to a cluster: service by host, route, weighted cluster; then, per attempt,
+//! the cluster's balancer picks the endpoint. Randomness is passed in so tests can seed it.
 
 use std::sync::Arc;
 
 use rand::RngExt;
 
 use super::matches::{RequestView, match_route};
+use crate::balance::PickCtx;
 use crate::errors::{ErrorKind, ProxyError};
-use crate::model::{Cluster, Endpoint, LbPolicy, Service, Snapshot, WeightedCluster};
+use crate::model::{Cluster, HttpRoute, Service, Snapshot, WeightedCluster};
+use crate::resilience::{EndpointScope, Reason};
 
-/// Where an HTTP request goes.
+/// Where an HTTP request goes: the route that selected it and the weighted cluster drawn.
+/// The endpoint is picked per attempt ([`pick_endpoint`]), since retries pick again.
 #[derive(Debug, Clone)]
 pub struct HttpDecision {
     pub service: Arc<Service>,
-    pub route: String,
+    /// Index into `service.http`; an index (not a clone) keeps the hot path allocation-free.
+    route: usize,
     pub cluster: Arc<Cluster>,
-    /// Index into `cluster.endpoints`; an index (not a clone) keeps the hot path allocation-free.
-    pub endpoint: usize,
 }
 
 /// Where an opaque TCP stream goes.
@@ -24,18 +26,12 @@ pub struct HttpDecision {
 pub struct TcpDecision {
     pub service: Option<Arc<Service>>,
     pub cluster: Arc<Cluster>,
-    pub endpoint: usize,
 }
 
 impl HttpDecision {
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.cluster.endpoints[self.endpoint]
-    }
-}
-
-impl TcpDecision {
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.cluster.endpoints[self.endpoint]
+    /// The route that selected the request (its retries, timeout and faults apply).
+    pub fn route(&self) -> &HttpRoute {
+        &self.service.http[self.route]
     }
 }
 
@@ -69,8 +65,7 @@ pub fn parse_authority(authority: &str, default_port: u16) -> Result<(&str, u16)
     }
 }
 
-/// Routes an HTTP request: host -> service -> first matching route -> weighted cluster ->
-/// endpoint.
+/// Routes an HTTP request: host -> service -> first matching route -> weighted cluster.
 pub fn select_http(
     snapshot: &Snapshot,
     host: &str,
@@ -78,7 +73,7 @@ pub fn select_http(
     rng: &mut impl rand::Rng,
 ) -> Result<HttpDecision, ProxyError> {
     let service = service_for(snapshot, host, req.port)?;
-    let route = match_route(service, req).ok_or_else(|| {
+    let route_idx = match_route(service, req).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::NoRoute,
             format!(
@@ -89,6 +84,7 @@ pub fn select_http(
             ),
         )
     })?;
+    let route = &service.http[route_idx];
     let wc = pick_weighted(&route.clusters, rng).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::NoCluster,
@@ -100,12 +96,10 @@ pub fn select_http(
         )
     })?;
     let cluster = cluster_for(snapshot, &wc.cluster)?;
-    let endpoint = pick_endpoint(&cluster, rng).ok_or_else(|| no_endpoints(&cluster))?;
     Ok(HttpDecision {
         service: service.clone(),
-        route: route.name.clone(),
+        route: route_idx,
         cluster,
-        endpoint,
     })
 }
 
@@ -134,12 +128,25 @@ pub fn select_tcp(
         None => format!("outbound|{port}||{}", service.name),
     };
     let cluster = cluster_for(snapshot, &cluster_name)?;
-    let endpoint = pick_endpoint(&cluster, rng).ok_or_else(|| no_endpoints(&cluster))?;
     Ok(TcpDecision {
         service: Some(service.clone()),
         cluster,
-        endpoint,
     })
+}
+
+/// The endpoint (an index into `cluster.endpoints`) for one attempt, by the cluster's
+/// balancer: skipping ejected endpoints, avoiding `ctx.exclude` when it can, following the
+/// request's affinity hash. None left: 503 `no_healthy_endpoints(subset=..|cluster=..)`.
+pub fn pick_endpoint(
+    cluster: &Cluster,
+    ctx: &PickCtx<'_>,
+    rng: &mut impl rand::Rng,
+) -> Result<usize, ProxyError> {
+    cluster
+        .balancer
+        .pick(ctx, rng)
+        .filter(|i| *i < cluster.endpoints.len())
+        .ok_or_else(|| no_endpoints(cluster, ctx))
 }
 
 fn service_for<'s>(
@@ -176,11 +183,24 @@ fn cluster_for(snapshot: &Snapshot, name: &str) -> Result<Arc<Cluster>, ProxyErr
     })
 }
 
-fn no_endpoints(cluster: &Cluster) -> ProxyError {
-    ProxyError::new(
-        ErrorKind::NoHealthyUpstream,
-        format!("cluster {} has no endpoints", cluster.spec.name),
-    )
+fn no_endpoints(cluster: &Cluster, ctx: &PickCtx<'_>) -> ProxyError {
+    let spec = &cluster.spec;
+    let scope = if spec.subset.is_empty() {
+        EndpointScope::Cluster(spec.name.clone())
+    } else {
+        EndpointScope::Subset(spec.subset.clone())
+    };
+    let detail = if cluster.endpoints.is_empty() {
+        format!("cluster {} has no endpoints", spec.name)
+    } else {
+        format!(
+            "every endpoint of cluster {} is ejected by outlier detection ({} endpoints)",
+            spec.name,
+            cluster.balancer.ejected(ctx.now)
+        )
+    };
+    ProxyError::new(ErrorKind::NoHealthyUpstream, detail)
+        .with_reason(Reason::NoHealthyEndpoints(scope))
 }
 
 fn origin_of(svc: &Service) -> String {
@@ -218,26 +238,4 @@ pub fn pick_weighted<'c>(
             })
         }
     }
-}
-
-/// The index of the endpoint to use, by the cluster's algorithm; endpoint weights are honoured
-/// by both (each endpoint gets `weight` turns per cycle in round robin).
-pub fn pick_endpoint(cluster: &Cluster, rng: &mut impl rand::Rng) -> Option<usize> {
-    let eps = &cluster.endpoints;
-    if eps.is_empty() {
-        return None;
-    }
-    let total: u64 = eps.iter().map(|e| u64::from(e.weight)).sum();
-    let mut slot = match cluster.spec.lb {
-        LbPolicy::Random => rng.random_range(0..total),
-        LbPolicy::RoundRobin | LbPolicy::Passthrough => (cluster.next_tick() as u64) % total,
-    };
-    for (i, e) in eps.iter().enumerate() {
-        let w = u64::from(e.weight);
-        if slot < w {
-            return Some(i);
-        }
-        slot -= w;
-    }
-    Some(eps.len() - 1)
 }

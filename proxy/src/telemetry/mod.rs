@@ -22,6 +22,9 @@ pub struct RequestLabels {
     /// Inbound: the caller's SPIFFE ID from mTLS; empty for plaintext (and outbound).
     pub source_principal: String,
     pub response_code: u16,
+    /// Why the proxy answered itself (`x-weft-reason`'s short name: `timeout`,
+    /// `upstream_overflow`, `fault_abort`, `no_route`...); empty when the upstream answered.
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

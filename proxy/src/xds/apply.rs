@@ -40,6 +40,8 @@ pub enum ApplyError {
 pub struct Applier {
     parts: Parts,
     published: SharedSnapshot,
+    /// Per-cluster state that outlives snapshots (endpoint health, breaker counters).
+    runtimes: crate::model::Runtimes,
     /// Types that have had at least one accepted response.
     answered: BTreeSet<&'static str>,
 }
@@ -49,6 +51,7 @@ impl Applier {
         Self {
             parts: Parts::default(),
             published,
+            runtimes: crate::model::Runtimes::default(),
             answered: BTreeSet::new(),
         }
     }
@@ -105,7 +108,9 @@ impl Applier {
     fn commit(&mut self, t: &'static str, next: Parts) {
         self.parts = next;
         self.answered.insert(t);
-        self.published.store(Arc::new(Snapshot::build(&self.parts)));
+        let previous = self.published.load();
+        let next = Snapshot::build_with(&self.parts, &self.runtimes, Some(&previous));
+        self.published.store(Arc::new(next));
     }
 }
 

@@ -67,6 +67,8 @@ pub(crate) fn service(
                 weight: 100,
             }],
             timeout: None,
+            retries: Default::default(),
+            fault: None,
         }],
         tcp: vec![],
         origin: String::new(),
@@ -81,10 +83,15 @@ pub(crate) fn cluster(name: &str, service: &str, port: u16) -> ClusterSpec {
         port,
         subset: String::new(),
         protocol: Protocol::Http,
-        lb: LbPolicy::RoundRobin,
+        lb: weft_proxy::balance::LbConfig {
+            simple: LbPolicy::RoundRobin,
+            ..Default::default()
+        },
+        outlier: None,
         tls: UpstreamTlsMode::Auto,
         origination: None,
         identities: vec![],
+        policy: Default::default(),
     }
 }
 
