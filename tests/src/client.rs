@@ -17,6 +17,8 @@ pub struct Response {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// Trailers (gRPC's `grpc-status` after a body); empty when there were none.
+    pub trailers: http::HeaderMap,
 }
 
 impl Response {
@@ -107,7 +109,11 @@ impl H2 {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::new()))?;
+        self.send(req.body(Full::new(Bytes::new()))?).await
+    }
+
+    /// Sends any request (method, headers and body as given) on this connection.
+    pub async fn send(&mut self, req: http::Request<Full<Bytes>>) -> anyhow::Result<Response> {
         let fut = async {
             self.sender.ready().await?;
             let resp = self.sender.send_request(req).await?;
@@ -121,11 +127,13 @@ impl H2 {
 
 async fn read(resp: http::Response<hyper::body::Incoming>) -> anyhow::Result<Response> {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
     Ok(Response {
         status: parts.status.as_u16(),
         headers: parts.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     })
 }
 

@@ -354,6 +354,13 @@ impl Proxy {
         serde_json::from_slice(&resp.body).expect("config_dump is JSON")
     }
 
+    /// The xDS version of each resource type the proxy has applied (`/config_dump`'s
+    /// `versions`). To wait for a config edit to reach the proxy when no answer can show it
+    /// yet: read this, write the file, then wait until it differs.
+    pub async fn config_versions(&self) -> serde_json::Value {
+        self.config_dump().await["versions"].clone()
+    }
+
     /// The proxy's `/metrics` text.
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.admin);
