@@ -199,6 +199,40 @@ impl ProxyError {
         }
     }
 
+    /// The synthetic response for a gRPC request: a trailers-only response (HTTP 200, the
+    /// code in `grpc-status`, the detail in `grpc-message`) as gRPC clients expect, mapped
+    /// from the HTTP status as gRPC's HTTP-to-gRPC table says, except that a timeout is
+    /// DEADLINE_EXCEEDED. `weft-proxy-error` and `x-weft-reason` are there too.
+    pub fn to_grpc_response(&self) -> Response<Body> {
+        let mut rsp = Response::new(body::empty());
+        let code = grpc_code(self.kind, self.status());
+        let h = rsp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(code));
+        if let Ok(v) = HeaderValue::try_from(percent_encode(&format!("weft: {}", self.detail))) {
+            h.insert("grpc-message", v);
+        }
+        h.insert(
+            PROXY_ERROR_HEADER,
+            HeaderValue::from_static(self.kind.code()),
+        );
+        h.insert(REASON_HEADER, self.reason_header());
+        rsp
+    }
+
+    /// [`ProxyError::to_grpc_response`] for gRPC requests, [`ProxyError::to_response`]
+    /// otherwise.
+    pub fn to_response_for(&self, grpc: bool) -> Response<Body> {
+        if grpc {
+            self.to_grpc_response()
+        } else {
+            self.to_response()
+        }
+    }
+
     /// The synthetic response for this error: status, `weft-proxy-error`, and a text body.
     pub fn to_response(&self) -> Response<Body> {
         let text = format!("weft: {}\n", self.detail);
@@ -216,6 +250,42 @@ impl ProxyError {
         );
         rsp
     }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc[+proto|;...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// gRPC's status for a proxy error (grpc/doc/http-grpc-status-mapping.md, plus timeouts).
+fn grpc_code(kind: ErrorKind, status: StatusCode) -> u16 {
+    if kind == ErrorKind::Timeout {
+        return 4; // DEADLINE_EXCEEDED
+    }
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%` itself.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -236,6 +306,31 @@ mod tests {
         assert_eq!(e.origin, Origin::Policy);
         assert!(!e.retryable);
         assert!(ProxyError::new(ErrorKind::UpstreamConnectFailed, "x").retryable);
+    }
+
+    #[test]
+    fn grpc_requests_get_trailers_only_answers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_grpc(&h));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+
+        let e = ProxyError::new(ErrorKind::NoRoute, "no service named a:1 — 100% unknown");
+        let rsp = e.to_response_for(true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "12");
+        assert_eq!(
+            rsp.headers()["grpc-message"],
+            "weft: no service named a:1 %E2%80%94 100%25 unknown"
+        );
+        assert_eq!(rsp.headers()[REASON_HEADER], "no_route");
+        let timeout = ProxyError::new(ErrorKind::Timeout, "late");
+        assert_eq!(timeout.to_grpc_response().headers()["grpc-status"], "4");
+        let overflow = ProxyError::new(ErrorKind::UpstreamOverflow, "full");
+        assert_eq!(overflow.to_grpc_response().headers()["grpc-status"], "14");
     }
 
     #[test]

@@ -47,6 +47,7 @@ impl Handler for Inbound {
         if let Some(id) = &conn.peer_identity {
             req.extensions_mut().insert(PeerIdentity(id.clone()));
         }
+        let grpc = crate::errors::is_grpc(req.headers());
         let rsp = if req.method() == Method::CONNECT {
             self.connect(&snapshot, req, &conn).await
         } else {
@@ -56,7 +57,7 @@ impl Handler for Inbound {
         let rsp = rsp.unwrap_or_else(|e| {
             tracing::debug!(error = %e, kind = e.kind.code(), "inbound request failed");
             reason = e.reason_name();
-            e.to_response()
+            e.to_response_for(grpc)
         });
         self.record(
             &snapshot,

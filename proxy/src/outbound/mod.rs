@@ -192,6 +192,7 @@ impl Handler for Outbound {
         let snapshot = self.snapshot.load();
         let mut dest = Dest::default();
         let started = Instant::now();
+        let grpc = crate::errors::is_grpc(req.headers());
         let method = req.method().clone();
         let target = req.uri().clone();
         let rsp = if method == Method::CONNECT {
@@ -203,7 +204,7 @@ impl Handler for Outbound {
             tracing::debug!(error = %e, kind = e.kind.code(), "outbound request failed");
             dest.reason = Some(e.reason_header().to_str().unwrap_or_default().to_string());
             dest.reason_name = e.reason_name();
-            e.to_response()
+            e.to_response_for(grpc)
         });
         self.record(&snapshot, &dest, rsp.status());
         access_log(&method, &target, &dest, rsp.status(), started.elapsed());
