@@ -48,6 +48,6 @@ pub use config::{
 pub use fault::{FaultDecision, abort_response, decide_fault};
 pub use reason::{CompactDuration, EndpointScope, REASON_HEADER, Reason};
 pub use retry::{
-    AttemptOutcome, RetryState, RetryStep, RetryStop, TimeoutKind, attempt_deadline, pick_avoiding,
-    retriable,
+    AttemptOutcome, RetryState, RetryStep, RetryStop, TimeoutKind, attempt_deadline,
+    grpc_to_http_status, pick_avoiding, retriable,
 };

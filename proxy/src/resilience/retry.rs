@@ -100,6 +100,27 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
         .ok()
 }
 
+/// The HTTP status a gRPC status stands for, as Envoy maps it for outlier detection and
+/// statistics (a gRPC failure arrives as HTTP 200 with `grpc-status`; counted as a 200, a
+/// dead gRPC backend would never be ejected).
+pub fn grpc_to_http_status(code: u32) -> StatusCode {
+    let status = match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500, // UNKNOWN, INTERNAL, DATA_LOSS and codes gRPC does not define
+    };
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// Whether `policy` retries an attempt that ended in `outcome` (attempts and budgets aside:
 /// see [`RetryState::next`]). The table in the module docs is the specification.
 pub fn retriable(policy: &RetryPolicy, outcome: &AttemptOutcome) -> bool {

@@ -1250,3 +1250,16 @@ fn cluster_policy_from_the_wire() {
             .starts_with("connection_pool.tcp.connect_timeout: ")
     );
 }
+
+#[test]
+fn grpc_statuses_map_to_http_as_envoy_does() {
+    use super::grpc_to_http_status as map;
+    use http::StatusCode;
+    assert_eq!(map(0), StatusCode::OK);
+    assert_eq!(map(14), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(map(4), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(map(8), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(map(13), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(map(12), StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(map(99), StatusCode::INTERNAL_SERVER_ERROR);
+}
