@@ -49,6 +49,13 @@ pub enum ErrorKind {
     Timeout,
     /// A DestinationRule `connectionPool` limit refused the request (503).
     UpstreamOverflow,
+    /// The connection to the endpoint/peer was not made (TCP and TLS) within the cluster's
+    /// `connectionPool.tcp.connectTimeout` (503).
+    UpstreamConnectTimeout,
+    /// The HTTP/2 upstream refused the stream (RST_STREAM REFUSED_STREAM): it did not
+    /// process the request (503 as an error kind; after the retry loop the response carries
+    /// the `upstream_reset` reason and its status).
+    UpstreamRefusedStream,
 }
 
 /// Who is to blame, for logs and (later) retry and breaker decisions.
@@ -95,6 +102,8 @@ impl ErrorKind {
             Self::MtlsDisabled => "mtls-disabled",
             Self::Timeout => "timeout",
             Self::UpstreamOverflow => "upstream-overflow",
+            Self::UpstreamConnectTimeout => "upstream-connect-timeout",
+            Self::UpstreamRefusedStream => "upstream-refused-stream",
         }
     }
 
@@ -117,6 +126,8 @@ impl ErrorKind {
             Self::MtlsDisabled => "mtls_disabled",
             Self::Timeout => "timeout",
             Self::UpstreamOverflow => "upstream_overflow",
+            Self::UpstreamConnectTimeout => "connect_timeout",
+            Self::UpstreamRefusedStream => "upstream_reset",
         }
     }
 
@@ -131,7 +142,9 @@ impl ErrorKind {
             | Self::UpstreamTlsFailed
             | Self::UpstreamTlsUnsupported
             | Self::UpstreamIdentityMismatch
-            | Self::UpstreamOverflow => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::UpstreamOverflow
+            | Self::UpstreamConnectTimeout
+            | Self::UpstreamRefusedStream => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::MtlsRequired | Self::MtlsDisabled => StatusCode::FORBIDDEN,
             Self::UpstreamReset => StatusCode::BAD_GATEWAY,
@@ -151,7 +164,9 @@ impl ErrorKind {
             | Self::UpstreamTlsFailed
             | Self::UpstreamIdentityMismatch
             | Self::Timeout
-            | Self::UpstreamOverflow => Origin::Upstream,
+            | Self::UpstreamOverflow
+            | Self::UpstreamConnectTimeout
+            | Self::UpstreamRefusedStream => Origin::Upstream,
             Self::MtlsRequired | Self::MtlsDisabled => Origin::Policy,
             Self::NotReady => Origin::Internal,
         }
@@ -165,7 +180,13 @@ impl ProxyError {
         Self {
             kind,
             origin: kind.origin(),
-            retryable: matches!(kind, ErrorKind::UpstreamConnectFailed),
+            // Nothing reached the upstream's application: another endpoint (or stream) may do.
+            retryable: matches!(
+                kind,
+                ErrorKind::UpstreamConnectFailed
+                    | ErrorKind::UpstreamConnectTimeout
+                    | ErrorKind::UpstreamRefusedStream
+            ),
             detail: detail.into(),
             reason: None,
         }

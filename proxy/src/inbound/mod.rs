@@ -161,7 +161,12 @@ impl Inbound {
         })?;
         let up = Request::from_parts(parts, body::boxed(body));
         let target = SocketAddr::new(self.app_address, port);
-        let rsp = self.connector.http_request(target, proto, up).await?;
+        // No DestinationRule governs the local app: the connector's local profile.
+        let profile = self.connector.local_profile();
+        let rsp = self
+            .connector
+            .http_request(target, proto, profile, up)
+            .await?;
         Ok(relay_response(rsp))
     }
 
@@ -185,7 +190,10 @@ impl Inbound {
         check_port(snapshot.inbound.as_deref(), target.port())?;
         // The tunnel names the workload's address; the app may listen elsewhere (local mode).
         let app = SocketAddr::new(self.app_address, target.port());
-        let upstream = self.connector.tcp(app).await?;
+        let upstream = self
+            .connector
+            .tcp(app, self.connector.local_profile())
+            .await?;
         tokio::spawn(splice_upgrade(req, upstream, app));
         Ok(Response::new(body::empty()))
     }

@@ -33,8 +33,8 @@ use crate::resilience::{
 use crate::routing::{self, RequestView};
 use crate::telemetry::{Metrics, RequestLabels};
 use crate::transport::{
-    APP_PROTOCOL_HEADER, AppProtocol, ConnInfo, Connector, DST_PORT_HEADER, ExpectedIdentities,
-    Handler, MeshSecurity, Tunnel, strip_hop_by_hop,
+    APP_PROTOCOL_HEADER, AppProtocol, ConnInfo, Connector, DST_PORT_HEADER, DialProfile,
+    ExpectedIdentities, Handler, MeshSecurity, Tunnel, strip_hop_by_hop,
 };
 
 /// Who this proxy is, for metric labels, until the Inbound resource says so.
@@ -270,7 +270,7 @@ impl AttemptBody {
 
 /// How one attempt ended, before it is classified.
 enum Sent {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     Failed(ProxyError),
     TimedOut(TimeoutKind),
 }
@@ -545,7 +545,8 @@ impl Outbound {
         }
     }
 
-    /// One attempt to `ep`: the hop decided from config, then the request on it.
+    /// One attempt to `ep`: the hop decided from config, then the request on it, dialed and
+    /// pooled as the cluster's `connectionPool` says.
     async fn send(
         &self,
         cluster: &Cluster,
@@ -557,6 +558,8 @@ impl Outbound {
             Ok(h) => h,
             Err(e) => return Sent::Failed(e),
         };
+        // A few field copies, no allocation: cheap enough per attempt.
+        let profile = DialProfile::from_pool(&cluster.spec.policy.pool);
         let r = match hop {
             Hop::Mesh(peer, security) => {
                 let h = up.headers_mut();
@@ -567,12 +570,18 @@ impl Outbound {
                     APP_PROTOCOL_HEADER,
                     HeaderValue::from_static(proto.as_str()),
                 );
-                self.connector.mesh_request(peer, &security, up).await
+                self.connector
+                    .mesh_request(peer, &security, &profile, up)
+                    .await
             }
-            Hop::Direct => self.connector.http_request(ep.addr, proto, up).await,
+            Hop::Direct => {
+                self.connector
+                    .http_request(ep.addr, proto, &profile, up)
+                    .await
+            }
             Hop::Originate(tls) => {
                 self.connector
-                    .origin_request(ep.addr, &tls, proto, up)
+                    .origin_request(ep.addr, &tls, proto, &profile, up)
                     .await
             }
         };
@@ -639,10 +648,16 @@ impl Outbound {
         let in_flight = cluster.balancer.endpoint(idx).map(|e| e.start(now));
 
         // Connect before answering, so a failure is a readable 503 instead of a dead tunnel.
+        // The cluster's connect timeout bounds the dial, its TCP idle timeout the tunnel.
+        let profile = DialProfile::from_pool(&cluster.spec.policy.pool);
         let connected = match choose_hop(cluster, ep, self.mtls)? {
-            Hop::Mesh(peer, security) => self.connector.mesh_tunnel(peer, &security, ep.addr).await,
-            Hop::Direct => self.connector.tcp(ep.addr).await,
-            Hop::Originate(tls) => self.connector.origin_tunnel(ep.addr, &tls).await,
+            Hop::Mesh(peer, security) => {
+                self.connector
+                    .mesh_tunnel(peer, &security, &profile, ep.addr)
+                    .await
+            }
+            Hop::Direct => self.connector.tcp(ep.addr, &profile).await,
+            Hop::Originate(tls) => self.connector.origin_tunnel(ep.addr, &tls, &profile).await,
         };
         let upstream = match connected {
             Ok(u) => {
@@ -689,9 +704,11 @@ fn observe(in_flight: &mut Option<InFlight>, now: Instant) {
 }
 
 /// A failed attempt as the retry policy and outlier detection see it. Failures on the way to
-/// the endpoint (connect, TLS, identity) are connect failures; a failure after the request
-/// went out is a reset. Policy refusals (MUTUAL unsupported, ...) are neither: not retried,
-/// not held against the endpoint.
+/// the endpoint (connect, TLS, identity) are connect failures, a dial past the cluster's
+/// connect timeout a connect timeout (retried as a connect failure, answered
+/// `connect_timeout(<d>)`); a failure after the request went out is a reset, an HTTP/2
+/// REFUSED_STREAM a refused stream (the `refused-stream` retry condition). Policy refusals
+/// (MUTUAL unsupported, ...) are neither: not retried, not held against the endpoint.
 fn classify(e: &ProxyError) -> (AttemptOutcome, Option<Outcome>) {
     match e.kind {
         ErrorKind::UpstreamConnectFailed
@@ -700,10 +717,22 @@ fn classify(e: &ProxyError) -> (AttemptOutcome, Option<Outcome>) {
             AttemptOutcome::ConnectFailure,
             Some(Outcome::ConnectFailure),
         ),
+        ErrorKind::UpstreamConnectTimeout => {
+            // The connector always attaches the timeout; the default is only a fallback.
+            let d = match e.reason {
+                Some(Reason::ConnectTimeout(d)) => d,
+                _ => resilience::config::DEFAULT_CONNECT_TIMEOUT,
+            };
+            (
+                AttemptOutcome::ConnectTimeout(d),
+                Some(Outcome::ConnectFailure),
+            )
+        }
         ErrorKind::UpstreamReset => (
             AttemptOutcome::Reset { request_sent: true },
             Some(Outcome::Reset),
         ),
+        ErrorKind::UpstreamRefusedStream => (AttemptOutcome::RefusedStream, Some(Outcome::Reset)),
         // Not an upstream outcome at all: a response the caller must see as is.
         _ => (
             AttemptOutcome::Response {
@@ -769,10 +798,9 @@ pub(crate) fn request_authority<B>(req: &Request<B>) -> Result<String, ProxyErro
 
 /// An upstream response on its way back: connection-scoped headers removed, body (and
 /// trailers) streamed through untouched.
-pub(crate) fn relay_response(rsp: Response<Incoming>) -> Response<Body> {
-    let (mut parts, body) = rsp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body::boxed(body))
+pub(crate) fn relay_response(mut rsp: Response<Body>) -> Response<Body> {
+    strip_hop_by_hop(rsp.headers_mut());
+    rsp
 }
 
 /// Waits for the client side of a CONNECT to be upgraded, then copies bytes both ways.

@@ -150,3 +150,53 @@ fn simple_originates_tls_and_mutual_is_refused_not_downgraded() {
         "{e}"
     );
 }
+
+/// Transport failures as the retry policy and outlier detection see them.
+#[test]
+fn transport_failures_are_classified() {
+    use std::time::Duration;
+
+    let timeout = Duration::from_millis(250);
+    let e = ProxyError::new(ErrorKind::UpstreamConnectTimeout, "x")
+        .with_reason(Reason::ConnectTimeout(timeout));
+    let (outcome, report) = classify(&e);
+    assert_eq!(outcome, AttemptOutcome::ConnectTimeout(timeout));
+    assert_eq!(report, Some(Outcome::ConnectFailure));
+    // As the last attempt's outcome, it answers with the timeout named.
+    let policy = RetryPolicy::default();
+    let r = outcome.reason(&policy, 1).unwrap();
+    assert_eq!(r.to_string(), "connect_timeout(250ms)");
+    let rsp = e.with_reason(r).to_response();
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rsp.headers()["x-weft-reason"], "connect_timeout(250ms)");
+    assert_eq!(
+        rsp.headers()["weft-proxy-error"],
+        "upstream-connect-timeout"
+    );
+
+    let e = ProxyError::new(ErrorKind::UpstreamRefusedStream, "x");
+    assert_eq!(
+        classify(&e),
+        (AttemptOutcome::RefusedStream, Some(Outcome::Reset))
+    );
+    // Retried under `refused-stream` alone, which a plain reset is not.
+    let refused_only = RetryPolicy {
+        attempts: 1,
+        retry_on: [resilience::RetryCondition::RefusedStream]
+            .into_iter()
+            .collect(),
+        ..RetryPolicy::default()
+    };
+    assert!(resilience::retriable(&refused_only, &classify(&e).0));
+    let reset = ProxyError::new(ErrorKind::UpstreamReset, "x");
+    assert!(!resilience::retriable(&refused_only, &classify(&reset).0));
+
+    let e = ProxyError::new(ErrorKind::UpstreamConnectFailed, "x");
+    assert_eq!(
+        classify(&e),
+        (
+            AttemptOutcome::ConnectFailure,
+            Some(Outcome::ConnectFailure)
+        )
+    );
+}

@@ -6,17 +6,20 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 
-use super::h2pool::{H2Pool, PoolConfig, PoolError, PoolKey};
-use super::origin::{OriginClients, OriginError};
+use super::dial::{self, PoolError};
+use super::h1pool::H1Pool;
+use super::h2pool::{H2Pool, Lease, PeerTls, PoolConfig, PoolKey, with_lease};
+use super::idle::IdleTimeout;
+use super::origin;
+use super::profile::DialProfile;
 use super::tls::{MeshClientTls, MeshSecurity, TlsFailure, TlsReason};
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
 use crate::model::SimpleTls;
+use crate::resilience::{CompactDuration, Reason};
 use crate::telemetry::Metrics;
 
 /// What the application spoke, and so what the last hop speaks to the destination app.
@@ -51,6 +54,11 @@ pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> TunnelIo for T {}
 
 /// Pools and dials upstream connections; cheap to clone.
+///
+/// Every method takes the [`DialProfile`] of the request's cluster: how long a dial may take,
+/// the socket's keep-alive, and how long and for how many requests a pooled connection
+/// serves. Connections are pooled per profile, so clusters whose settings differ never
+/// share one.
 #[derive(Debug, Clone)]
 pub struct Connector {
     inner: Arc<Inner>,
@@ -60,13 +68,13 @@ pub struct Connector {
 struct Inner {
     /// Proxy-to-proxy connections (the mesh hop), keyed by the peer's inbound address.
     mesh: H2Pool,
-    /// h2c to workloads without a sidecar, and to the local app.
+    /// HTTP/2 to workloads without a sidecar and to the local app (h2c), and over TLS this
+    /// proxy originates (SIMPLE).
     h2: H2Pool,
-    /// HTTP/1.1 to workloads without a sidecar, and to the local app.
-    h1: Client<HttpConnector, Body>,
-    /// TLS origination (SIMPLE) to servers outside the mesh.
-    origin: OriginClients,
-    connect_timeout: Duration,
+    /// HTTP/1.1, to the same upstreams.
+    h1: H1Pool,
+    /// Connections to the local app (the inbound side, which no DestinationRule governs).
+    local: DialProfile,
     /// Our side of mesh mTLS; `None` when the proxy runs without an identity (plaintext).
     tls: Option<Arc<dyn MeshClientTls>>,
     /// Where handshake failures are counted.
@@ -80,65 +88,70 @@ impl Default for Connector {
 }
 
 impl Connector {
-    pub fn new(connect_timeout: Duration) -> Self {
-        Self::with_tls(connect_timeout, None, None)
+    /// `local_connect_timeout` bounds dials to the local app (see [`Connector::with_tls`]).
+    pub fn new(local_connect_timeout: Duration) -> Self {
+        Self::with_tls(local_connect_timeout, None, None)
     }
 
     /// A connector that can secure the mesh hop with `tls` and counts handshake failures.
+    /// `local_connect_timeout` is the connect timeout of [`Connector::local_profile`] (the
+    /// inbound side's connections to the app); upstream connections use their cluster's.
     pub fn with_tls(
-        connect_timeout: Duration,
+        local_connect_timeout: Duration,
         tls: Option<Arc<dyn MeshClientTls>>,
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        // An idle pooled HTTP/1.1 connection to a vanished host would otherwise be reused and
-        // wait forever for a response; kernel keepalive probes notice and close it.
-        http.set_keepalive(Some(TCP_KEEPALIVE));
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(http);
         Self {
             inner: Arc::new(Inner {
-                mesh: H2Pool::new(PoolConfig::new(connect_timeout)),
-                h2: H2Pool::new(PoolConfig::new(connect_timeout)),
-                h1,
-                origin: OriginClients::default(),
-                connect_timeout,
+                mesh: H2Pool::new(PoolConfig::default()),
+                h2: H2Pool::new(PoolConfig::default()),
+                h1: H1Pool::default(),
+                local: DialProfile::default().with_connect_timeout(local_connect_timeout),
                 tls,
                 metrics,
             }),
         }
     }
 
-    /// Peers with a live mesh connection (tests use it to check pooling).
+    /// The profile of connections to the local app: the defaults, with the connect timeout
+    /// given at startup.
+    pub fn local_profile(&self) -> &DialProfile {
+        &self.inner.local
+    }
+
+    /// Usable mesh connections (tests use it to check pooling).
     pub fn mesh_connections(&self) -> usize {
         self.inner.mesh.live_connections()
     }
 
     /// Mesh hop, HTTP: `req` (already carrying the `weft-*` headers) as an HTTP/2 request on
-    /// the pooled connection to the peer proxy at `peer`.
+    /// a pooled connection to the peer proxy at `peer`.
     pub async fn mesh_request(
         &self,
         peer: SocketAddr,
         security: &MeshSecurity,
+        profile: &DialProfile,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         *req.version_mut() = Version::HTTP_2;
-        self.mesh_send(peer, security, req).await
+        let (rsp, lease) = self.mesh_send(peer, security, profile, req).await?;
+        Ok(with_lease(rsp, lease))
     }
 
-    /// The pooled mesh connection for `peer` under `security`, dialed (and TLS-verified) if
-    /// needed.
+    /// `req` on a pooled mesh connection for `peer` under `security`, dialed (and
+    /// TLS-verified) if needed; the stream's lease goes with the response.
     async fn mesh_send(
         &self,
         peer: SocketAddr,
         security: &MeshSecurity,
+        profile: &DialProfile,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let r = match security {
-            MeshSecurity::Plaintext => self.inner.mesh.send(peer, req).await,
+            MeshSecurity::Plaintext => {
+                let key = PoolKey::plain(peer, profile);
+                self.inner.mesh.send_leased(&key, req, None).await
+            }
             MeshSecurity::Mutual(expected) => {
                 let Some(tls) = &self.inner.tls else {
                     let f = TlsFailure::new(
@@ -152,10 +165,18 @@ impl Connector {
                 };
                 let key = PoolKey {
                     addr: peer,
-                    tls: Some(expected.clone()),
+                    tls: Some(PeerTls::Mesh(expected.clone())),
+                    profile: *profile,
                 };
-                let config = || tls.client_config(expected);
-                self.inner.mesh.send_keyed(&key, req, Some(&config)).await
+                // Mesh certificates name no DNS host: an IP server name sends no SNI, and the
+                // verifier checks SPIFFE IDs instead.
+                let config = || {
+                    Ok((
+                        tls.client_config(expected)?,
+                        ServerName::IpAddress(peer.ip().into()),
+                    ))
+                };
+                self.inner.mesh.send_leased(&key, req, Some(&config)).await
             }
         };
         r.map_err(|e| match e {
@@ -197,11 +218,14 @@ impl Connector {
     }
 
     /// Mesh hop, TCP: an HTTP/2 CONNECT stream to the peer proxy at `peer` whose authority is
-    /// the destination `target` (HBONE-style).
+    /// the destination `target` (HBONE-style). The stream counts against its connection's
+    /// stream cap for as long as the tunnel lives, and the tunnel closes after the profile's
+    /// TCP idle timeout without traffic.
     pub async fn mesh_tunnel(
         &self,
         peer: SocketAddr,
         security: &MeshSecurity,
+        profile: &DialProfile,
         target: SocketAddr,
     ) -> Result<Tunnel, ProxyError> {
         let uri = Uri::try_from(target.to_string()).map_err(|e| {
@@ -214,7 +238,7 @@ impl Connector {
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_2;
-        let mut rsp = self.mesh_send(peer, security, req).await?;
+        let (mut rsp, lease) = self.mesh_send(peer, security, profile, req).await?;
         if rsp.status() != StatusCode::OK {
             let why = rsp
                 .headers()
@@ -236,7 +260,11 @@ impl Connector {
                 format!("tunnel to {target} via {peer} failed: {e}"),
             )
         })?;
-        Ok(Box::new(TokioIo::new(upgraded)))
+        Ok(Box::new(IdleTimeout::new(
+            TokioIo::new(upgraded),
+            profile.tcp_idle_timeout,
+            lease,
+        )))
     }
 
     /// Plain HTTP to `addr` (a workload without a sidecar, or the local app), in the
@@ -245,125 +273,108 @@ impl Connector {
         &self,
         addr: SocketAddr,
         proto: AppProtocol,
+        profile: &DialProfile,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         match proto {
             AppProtocol::H2 => {
                 *req.version_mut() = Version::HTTP_2;
                 req.headers_mut().remove(http::header::HOST);
                 self.inner
                     .h2
-                    .send(addr, req)
+                    .send(addr, profile, req)
                     .await
                     .map_err(|e| pool_error(e, "upstream"))
             }
             AppProtocol::Http1 => {
-                // The legacy client dials the URI's authority, so point the URI at `addr` and
-                // keep the original authority in Host for the application.
-                let authority = req.uri().authority().map(|a| a.as_str().to_string());
-                if let Some(a) = authority
-                    && let Ok(v) = http::HeaderValue::from_str(&a)
+                // The request goes out in origin form: the authority the app named travels
+                // in Host for the application.
+                if let Some(a) = req.uri().authority()
+                    && let Ok(v) = http::HeaderValue::from_str(a.as_str())
                 {
                     req.headers_mut().insert(http::header::HOST, v);
                 }
-                *req.uri_mut() = retarget(req.uri(), "http", &addr.to_string())?;
                 *req.version_mut() = Version::HTTP_11;
-                self.inner.h1.request(req).await.map_err(|e| {
-                    if e.is_connect() {
-                        ProxyError::new(
-                            ErrorKind::UpstreamConnectFailed,
-                            format!("cannot connect to upstream {addr}: {}", error_chain(&e)),
-                        )
-                    } else {
-                        ProxyError::new(
-                            ErrorKind::UpstreamReset,
-                            format!("request to upstream {addr} failed: {}", error_chain(&e)),
-                        )
-                    }
-                })
+                self.inner
+                    .h1
+                    .send(&PoolKey::plain(addr, profile), req, None)
+                    .await
+                    .map(|rsp| rsp.map(body::boxed))
+                    .map_err(|e| pool_error(e, "upstream"))
             }
         }
     }
 
     /// HTTP over TLS that this proxy originates (DestinationRule SIMPLE) to `addr`, in the
-    /// protocol the app spoke (ALPN h2 or http/1.1), pooled per endpoint and TLS settings.
-    /// `req`'s URI must be absolute; its authority (what the app named) is kept for `Host` /
-    /// `:authority`.
+    /// protocol the app spoke (ALPN h2 or http/1.1), pooled per endpoint, TLS settings and
+    /// profile. `req`'s URI must be absolute; its authority (what the app named) is kept for
+    /// `Host` / `:authority`.
     pub async fn origin_request(
         &self,
         addr: SocketAddr,
         tls: &Arc<SimpleTls>,
         proto: AppProtocol,
+        profile: &DialProfile,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let authority = req
             .uri()
             .authority()
             .map_or_else(|| tls.server_name.clone(), |a| a.as_str().to_string());
         *req.uri_mut() = retarget(req.uri(), "https", &authority)?;
-        match proto {
+        let key = PoolKey {
+            addr,
+            tls: Some(PeerTls::Origin(tls.clone())),
+            profile: *profile,
+        };
+        let config = || origin::dial_settings(tls, Some(proto));
+        let r = match proto {
             AppProtocol::H2 => {
                 *req.version_mut() = Version::HTTP_2;
                 req.headers_mut().remove(http::header::HOST);
+                self.inner.h2.send_keyed(&key, req, Some(&config)).await
             }
             AppProtocol::Http1 => {
                 *req.version_mut() = Version::HTTP_11;
                 if let Ok(v) = http::HeaderValue::from_str(&authority) {
                     req.headers_mut().insert(http::header::HOST, v);
                 }
+                self.inner
+                    .h1
+                    .send(&key, req, Some(&config))
+                    .await
+                    .map(|rsp| rsp.map(body::boxed))
             }
-        }
-        let client = self
-            .inner
-            .origin
-            .client(addr, tls, proto, self.inner.connect_timeout);
-        client.request(req).await.map_err(|e| {
-            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(err) = cur {
-                if let Some(o) = err.downcast_ref::<OriginError>() {
-                    return self.origin_error(tls, o);
-                }
-                cur = err.source();
-            }
-            let kind = if e.is_connect() {
-                ErrorKind::UpstreamConnectFailed
-            } else {
-                ErrorKind::UpstreamReset
-            };
-            ProxyError::new(
-                kind,
-                format!(
-                    "request to upstream {addr} over TLS ({}) failed: {}",
-                    tls.server_name,
-                    error_chain(&e)
-                ),
-            )
-        })
+        };
+        r.map_err(|e| self.origin_error(tls, e))
     }
 
     /// Opaque TCP over TLS this proxy originates (SIMPLE), for CONNECT: the app's bytes are
-    /// encrypted to `addr`. No ALPN is offered (the protocol inside is unknown).
+    /// encrypted to `addr`. No ALPN is offered (the protocol inside is unknown). The dial is
+    /// bounded by the profile's connect timeout, the tunnel by its TCP idle timeout.
     pub async fn origin_tunnel(
         &self,
         addr: SocketAddr,
         tls: &Arc<SimpleTls>,
+        profile: &DialProfile,
     ) -> Result<Tunnel, ProxyError> {
-        super::origin::dial(addr, tls, None, self.inner.connect_timeout)
-            .await
-            .map(|s| Box::new(s) as Tunnel)
-            .map_err(|e| self.origin_error(tls, &e))
+        let config = || origin::dial_settings(tls, None);
+        dial::bounded(
+            addr,
+            profile.connect_timeout,
+            dial::connect(addr, Some(&config), profile),
+        )
+        .await
+        .map(|s| Box::new(IdleTimeout::new(s, profile.tcp_idle_timeout, ())) as Tunnel)
+        .map_err(|e| self.origin_error(tls, e))
     }
 
-    /// A failed origination dial: TLS failures are logged at warn and counted (direction
+    /// A failed origination: TLS failures are logged at warn and counted (direction
     /// outbound); the body names the host, the address and the reason.
-    fn origin_error(&self, tls: &SimpleTls, e: &OriginError) -> ProxyError {
+    fn origin_error(&self, tls: &SimpleTls, e: PoolError) -> ProxyError {
+        let host = &tls.server_name;
         match e {
-            OriginError::Connect { addr, reason } => ProxyError::new(
-                ErrorKind::UpstreamConnectFailed,
-                format!("cannot connect to upstream {addr}: {reason}"),
-            ),
-            OriginError::Tls { addr, failure } => {
-                let host = &tls.server_name;
+            PoolError::Tls { addr, failure } => {
                 tracing::warn!(
                     %addr, host = %host, cluster = %tls.cluster, reason = failure.reason.code(),
                     "TLS origination failed: {}", failure.detail
@@ -380,44 +391,21 @@ impl Connector {
                     ),
                 )
             }
+            e => pool_error(e, &format!("upstream {host} at")),
         }
     }
 
-    /// Plain TCP to `addr`.
-    pub async fn tcp(&self, addr: SocketAddr) -> Result<Tunnel, ProxyError> {
-        let s = tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                ProxyError::new(
-                    ErrorKind::UpstreamConnectFailed,
-                    format!("cannot connect to upstream {addr}: timed out"),
-                )
-            })?
-            .map_err(|e| {
-                ProxyError::new(
-                    ErrorKind::UpstreamConnectFailed,
-                    format!("cannot connect to upstream {addr}: {e}"),
-                )
-            })?;
-        let _ = s.set_nodelay(true);
-        set_tcp_keepalive(&s);
-        Ok(Box::new(s))
-    }
-}
-
-/// Idle time before the kernel probes a connection whose peer may have vanished.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
-
-/// Opaque tunnels carry no protocol of their own to detect a dead peer, so a splice to a host
-/// that disappeared without a FIN would hold its task and socket forever; kernel keepalive
-/// probes bound that to about a minute.
-pub(crate) fn set_tcp_keepalive(s: &TcpStream) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(TCP_KEEPALIVE)
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
-        tracing::debug!(error = %e, "cannot enable TCP keepalive");
+    /// Plain TCP to `addr`, bounded by the profile's connect timeout; the tunnel closes after
+    /// its TCP idle timeout without traffic.
+    pub async fn tcp(&self, addr: SocketAddr, profile: &DialProfile) -> Result<Tunnel, ProxyError> {
+        dial::bounded(
+            addr,
+            profile.connect_timeout,
+            dial::tcp(addr, &profile.keepalive),
+        )
+        .await
+        .map(|s| Box::new(IdleTimeout::new(s, profile.tcp_idle_timeout, ())) as Tunnel)
+        .map_err(|e| pool_error(e, "upstream"))
     }
 }
 
@@ -434,15 +422,50 @@ fn pool_error(e: PoolError, who: &str) -> ProxyError {
             ErrorKind::UpstreamConnectFailed,
             format!("cannot connect to {who} {addr}: {reason}"),
         ),
-        PoolError::Request { addr, source } => ProxyError::new(
-            ErrorKind::UpstreamReset,
-            format!("request to {who} {addr} failed: {}", error_chain(&source)),
-        ),
+        PoolError::ConnectTimeout { addr, timeout } => connect_timeout(who, addr, timeout),
+        PoolError::Request { addr, source } => {
+            let kind = if refused_stream(&source) {
+                ErrorKind::UpstreamRefusedStream
+            } else {
+                ErrorKind::UpstreamReset
+            };
+            ProxyError::new(
+                kind,
+                format!("request to {who} {addr} failed: {}", error_chain(&source)),
+            )
+        }
         PoolError::Tls { addr, failure } => ProxyError::new(
             ErrorKind::UpstreamTlsFailed,
             format!("TLS to {who} {addr} failed: {failure}"),
         ),
     }
+}
+
+/// A dial that outlived the connect timeout: its own code, and the reason carries the
+/// timeout so the response says `x-weft-reason: connect_timeout(<d>)`.
+fn connect_timeout(who: &str, addr: SocketAddr, timeout: Duration) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::UpstreamConnectTimeout,
+        format!(
+            "cannot connect to {who} {addr}: no connection within the connect timeout of {} \
+             (connectionPool.tcp.connectTimeout)",
+            CompactDuration(timeout)
+        ),
+    )
+    .with_reason(Reason::ConnectTimeout(timeout))
+}
+
+/// Whether the HTTP/2 upstream refused the stream (RST_STREAM REFUSED_STREAM): it promises
+/// it did not process the request, so another attempt is safe.
+pub(super) fn refused_stream(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<h2::Error>() {
+            return h.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A TLS alert from the peer somewhere in `e`'s causes. h2 does not expose its I/O error as a

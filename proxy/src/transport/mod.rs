@@ -5,21 +5,32 @@
 //! carrying HTTP requests with two `weft-*` headers and opaque TCP as HTTP/2 CONNECT streams
 //! (see proxy/README.md), over mTLS with SPIFFE identities when the proxy has one.
 //! `origin` is TLS origination to servers outside the mesh (DestinationRule SIMPLE).
+//! Every upstream connection is dialed and kept as its cluster's [`DialProfile`] says
+//! (DestinationRule `connectionPool`: connect timeout, keep-alive, lifetime, idle timeouts,
+//! requests per connection, streams per connection): `dial` opens it, `h1pool` / `h2pool`
+//! pool it under a key that includes the profile, `idle` closes idle tunnels.
 //! `tls` holds the TLS vocabulary and the traits `identity` implements.
 
 mod connect;
+mod dial;
+mod h1pool;
 mod h2pool;
 mod headers;
+mod idle;
 mod listen;
 mod origin;
+mod profile;
 mod server;
 mod tls;
 
 pub use connect::{AppProtocol, Connector, Tunnel, TunnelIo};
-pub use h2pool::{H2Pool, PoolConfig, PoolError, PoolKey, TlsConfigFn};
+pub use dial::{PoolError, TlsConfigFn, TlsDial};
+pub use h1pool::H1Pool;
+pub use h2pool::{H2Pool, PeerTls, PoolConfig, PoolKey};
 pub use headers::{APP_PROTOCOL_HEADER, DST_PORT_HEADER, strip_hop_by_hop};
 pub use listen::{BindError, bind};
-pub use origin::{OriginError, check_sans, client_config as origin_client_config};
+pub use origin::{check_sans, client_config as origin_client_config};
+pub use profile::{DEFAULT_KEEPALIVE, DialProfile, Keepalive};
 pub use server::{
     Admit, ConnInfo, Handler, ServerStats, ServerTimeouts, TlsAccept, serve, serve_tls, serve_with,
 };
@@ -29,5 +40,7 @@ pub use tls::{
     TlsFailure, TlsReason,
 };
 
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;

@@ -6,49 +6,25 @@
 //!   usual hostname check against the SNI. `insecure_skip_verify` checks nothing but the
 //!   handshake signatures.
 //! - ALPN: `h2` when the app spoke h2, else `http/1.1`; none for CONNECT (opaque bytes).
-//! - Pooling: one hyper client per (TLS settings, app protocol, endpoint address), so a
-//!   connection verified under one cluster's settings never serves another's.
+//! - Pooling: the connector's HTTP/1.1 and HTTP/2 pools key connections by (endpoint
+//!   address, TLS settings, dial profile), so a connection verified under one cluster's
+//!   settings never serves another's.
 //!
 //! The rustls config is built on a dial only; the snapshot already loaded the roots.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use futures::future::BoxFuture;
-use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::connect::AppProtocol;
+use super::dial::TlsDial;
 use super::tls::{ChainVerifier, TlsFailure, TlsReason, handshake_signatures};
-use crate::body::Body;
 use crate::model::{SimpleTls, TlsRoots};
-
-/// Why a TLS origination dial failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OriginError {
-    #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
-    #[error("TLS to {addr} failed: {failure}")]
-    Tls {
-        addr: SocketAddr,
-        failure: TlsFailure,
-    },
-}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -82,6 +58,19 @@ fn roots(t: &SimpleTls) -> Result<Arc<RootCertStore>, TlsFailure> {
             Ok(Arc::new(r))
         }
     }
+}
+
+/// What a dial under `t` needs (for the pools' [`TlsConfigFn`](super::dial::TlsConfigFn)):
+/// the config offering `alpn`, and the SNI. `proto` `None`: no ALPN (opaque CONNECT bytes).
+pub(super) fn dial_settings(
+    t: &SimpleTls,
+    proto: Option<AppProtocol>,
+) -> Result<TlsDial, TlsFailure> {
+    let alpn: Option<&[u8]> = proto.map(|p| match p {
+        AppProtocol::H2 => &b"h2"[..],
+        AppProtocol::Http1 => &b"http/1.1"[..],
+    });
+    Ok((client_config(t, alpn)?, server_name(t)?))
 }
 
 /// The SNI (and name to verify): `UpstreamTls.sni`, else the cluster's service host.
@@ -129,38 +118,6 @@ pub fn client_config(
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
     Ok(Arc::new(cfg))
-}
-
-/// TCP then TLS to `addr`, bounded by `timeout`.
-pub(super) async fn dial(
-    addr: SocketAddr,
-    t: &SimpleTls,
-    alpn: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<TlsStream<TcpStream>, OriginError> {
-    let tls_err = |failure| OriginError::Tls { addr, failure };
-    let config = client_config(t, alpn).map_err(tls_err)?;
-    let name = server_name(t).map_err(tls_err)?;
-    let run = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| OriginError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?;
-        let _ = tcp.set_nodelay(true);
-        super::connect::set_tcp_keepalive(&tcp);
-        tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| tls_err(TlsFailure::from_io(&e)))
-    };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| OriginError::Connect {
-            addr,
-            reason: format!("timed out after {timeout:?}"),
-        })?
 }
 
 // === verifiers ===
@@ -237,146 +194,4 @@ impl ServerCertVerifier for NoVerifier {
     }
 
     handshake_signatures!();
-}
-
-// === pooled HTTP over originated TLS ===
-
-/// Dials one endpoint under one set of TLS settings (the URI is not used: the client that
-/// owns this connector serves exactly one endpoint).
-#[derive(Clone)]
-pub(super) struct OriginConnector {
-    addr: SocketAddr,
-    tls: Arc<SimpleTls>,
-    proto: AppProtocol,
-    timeout: Duration,
-}
-
-impl tower::Service<Uri> for OriginConnector {
-    type Response = OriginStream;
-    type Error = OriginError;
-    type Future = BoxFuture<'static, Result<OriginStream, OriginError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let c = self.clone();
-        Box::pin(async move {
-            let alpn: &[u8] = match c.proto {
-                AppProtocol::H2 => b"h2",
-                AppProtocol::Http1 => b"http/1.1",
-            };
-            let s = dial(c.addr, &c.tls, Some(alpn), c.timeout).await?;
-            Ok(OriginStream(TokioIo::new(s)))
-        })
-    }
-}
-
-/// A TLS stream as hyper's client wants it.
-pub(super) struct OriginStream(TokioIo<TlsStream<TcpStream>>);
-
-impl Connection for OriginStream {
-    fn connected(&self) -> Connected {
-        let c = Connected::new();
-        if self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
-            c.negotiated_h2()
-        } else {
-            c
-        }
-    }
-}
-
-impl hyper::rt::Read for OriginStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for OriginStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-type OriginKey = (SocketAddr, Arc<SimpleTls>, AppProtocol);
-
-/// One pooling client per (endpoint, TLS settings, app protocol). Read lock-free; written on
-/// the first request of a new key. Keys from old config are forgotten wholesale past
-/// [`MAX_CLIENTS`] (connections in use live on in their requests).
-#[derive(Default)]
-pub(super) struct OriginClients {
-    clients: ArcSwap<HashMap<OriginKey, Client<OriginConnector, Body>>>,
-}
-
-const MAX_CLIENTS: usize = 1024;
-
-impl std::fmt::Debug for OriginClients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OriginClients")
-            .field("clients", &self.clients.load().len())
-            .finish()
-    }
-}
-
-impl OriginClients {
-    pub(super) fn client(
-        &self,
-        addr: SocketAddr,
-        tls: &Arc<SimpleTls>,
-        proto: AppProtocol,
-        timeout: Duration,
-    ) -> Client<OriginConnector, Body> {
-        let key = (addr, tls.clone(), proto);
-        if let Some(c) = self.clients.load().get(&key) {
-            return c.clone();
-        }
-        let connector = OriginConnector {
-            addr,
-            tls: tls.clone(),
-            proto,
-            timeout,
-        };
-        let mut b = Client::builder(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90));
-        if proto == AppProtocol::H2 {
-            b.http2_only(true)
-                .http2_keep_alive_interval(Duration::from_secs(20))
-                .http2_keep_alive_timeout(Duration::from_secs(10))
-                .http2_keep_alive_while_idle(true);
-        }
-        let client = b.build(connector);
-        let mut out = client.clone();
-        self.clients.rcu(|m| {
-            let mut m = if m.len() >= MAX_CLIENTS {
-                HashMap::new()
-            } else {
-                HashMap::clone(m)
-            };
-            out = m
-                .entry(key.clone())
-                .or_insert_with(|| client.clone())
-                .clone();
-            m
-        });
-        out
-    }
 }

@@ -81,10 +81,14 @@ impl Relay {
 
 fn fast_pool() -> H2Pool {
     H2Pool::new(PoolConfig {
-        connect_timeout: Duration::from_millis(500),
         keep_alive_interval: Duration::from_millis(100),
         keep_alive_timeout: Duration::from_millis(100),
     })
+}
+
+/// The default profile with a short connect timeout.
+fn fast() -> DialProfile {
+    DialProfile::default().with_connect_timeout(Duration::from_millis(500))
 }
 
 fn get(addr: SocketAddr) -> Request<Body> {
@@ -109,7 +113,10 @@ async fn a_silent_pooled_connection_fails_in_bounded_time_and_is_redialled() {
     let relay = Relay::start(start_h2_server().await).await;
     let pool = fast_pool();
 
-    let rsp = pool.send(relay.addr, get(relay.addr)).await.unwrap();
+    let rsp = pool
+        .send(relay.addr, &fast(), get(relay.addr))
+        .await
+        .unwrap();
     assert_eq!(rsp.status(), 200);
     assert_eq!(relay.accepted(), 1);
 
@@ -117,14 +124,17 @@ async fn a_silent_pooled_connection_fails_in_bounded_time_and_is_redialled() {
     relay.freeze(0);
     let r = tokio::time::timeout(
         Duration::from_secs(3),
-        pool.send(relay.addr, get(relay.addr)),
+        pool.send(relay.addr, &fast(), get(relay.addr)),
     )
     .await
     .expect("a request on a silent connection must not hang");
     assert!(matches!(r, Err(PoolError::Request { .. })), "{r:?}");
 
     // The next request dials a fresh connection.
-    let rsp = pool.send(relay.addr, get(relay.addr)).await.unwrap();
+    let rsp = pool
+        .send(relay.addr, &fast(), get(relay.addr))
+        .await
+        .unwrap();
     assert_eq!(rsp.status(), 200);
     assert_eq!(relay.accepted(), 2);
 }
@@ -134,7 +144,7 @@ async fn an_idle_dead_connection_is_noticed_and_its_peer_forgotten() {
     let upstream = start_h2_server().await;
     let (a, b) = (Relay::start(upstream).await, Relay::start(upstream).await);
     let pool = fast_pool();
-    pool.send(a.addr, get(a.addr)).await.unwrap();
+    pool.send(a.addr, &fast(), get(a.addr)).await.unwrap();
     assert_eq!(pool.live_connections(), 1);
 
     // No request in flight: PINGs alone must find out that the peer is gone.
@@ -145,7 +155,7 @@ async fn an_idle_dead_connection_is_noticed_and_its_peer_forgotten() {
     .await;
 
     // Peers do not accumulate: dialing another drops the dead entry.
-    pool.send(b.addr, get(b.addr)).await.unwrap();
+    pool.send(b.addr, &fast(), get(b.addr)).await.unwrap();
     assert_eq!(pool.tracked_peers(), 1);
     assert_eq!(pool.live_connections(), 1);
 }
@@ -157,7 +167,11 @@ async fn a_burst_of_first_requests_opens_one_connection() {
     let sends = (0..20).map(|_| {
         let pool = pool.clone();
         let addr = relay.addr;
-        tokio::spawn(async move { pool.send(addr, get(addr)).await.map(|r| r.status()) })
+        tokio::spawn(async move {
+            pool.send(addr, &fast(), get(addr))
+                .await
+                .map(|r| r.status())
+        })
     });
     for s in futures::future::join_all(sends).await {
         assert_eq!(s.unwrap().unwrap(), 200);
@@ -172,10 +186,17 @@ async fn a_key_for_verified_identities_never_gets_a_plaintext_connection() {
     let ids = ExpectedIdentities::new(vec!["spiffe://cluster.local/ns/default/sa/a".into()]);
     let key = PoolKey {
         addr: server,
-        tls: Some(ids),
+        tls: Some(PeerTls::Mesh(ids)),
+        profile: fast(),
     };
     // Plaintext to the same peer works, and is pooled under its own key...
-    assert_eq!(pool.send(server, get(server)).await.unwrap().status(), 200);
+    assert_eq!(
+        pool.send(server, &fast(), get(server))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(pool.live_connections(), 1);
     // ...but neither it nor a fresh plaintext dial serves a key that expects identities.
     let e = pool.send_keyed(&key, get(server), None).await.unwrap_err();
