@@ -258,13 +258,33 @@ impl AttemptBody {
         }
     }
 
-    /// Whether another attempt could send the body again.
+    /// Whether another attempt could send the body again (once the previous attempt has
+    /// let go of it: see [`AttemptBody::released`]).
     fn replayable(&self) -> bool {
         match self {
             Self::Once(b) => b.is_some(),
-            Self::Replay(Some(b)) => b.is_replayable() && !b.is_in_use(),
+            Self::Replay(Some(b)) => b.is_replayable(),
             Self::Replay(None) => false,
         }
+    }
+
+    /// Waits, briefly, until no earlier attempt holds the original body: hyper sends a
+    /// request body from its own task and drops it shortly after the exchange ends (a
+    /// response that came before the whole body was sent, a per-try timeout). False if it
+    /// is still held after that, or cannot be replayed at all.
+    async fn released(&self) -> bool {
+        let Self::Replay(Some(b)) = self else {
+            return self.replayable();
+        };
+        // Bounded: 50 checks a millisecond apart. Not a signal because the hand-back
+        // happens inside hyper's connection task, which has none to give.
+        for _ in 0..50 {
+            if !b.is_in_use() {
+                return b.is_replayable();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        false
     }
 }
 
@@ -368,25 +388,22 @@ impl Outbound {
             cluster,
             policy,
             proto,
+            grpc: crate::errors::is_grpc(&parts.headers),
             hash,
             route_timeout: route.timeout,
             route_deadline: route.timeout.and_then(|t| Instant::now().checked_add(t)),
         };
-        let run = self.attempts(&attempts, &parts, body, dest);
-        let rsp = match (route.timeout, attempts.route_deadline) {
-            (Some(timeout), Some(deadline)) => tokio::time::timeout_at(deadline, run)
-                .await
-                .unwrap_or_else(|_| Err(route_timeout(timeout))),
-            _ => run.await,
-        };
-        let mut rsp = rsp?;
+        let mut rsp = self.attempts(&attempts, &parts, body, dest).await?;
         if let Some(cookie) = affinity.and_then(|a| a.set_cookie) {
             rsp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
         Ok(rsp)
     }
 
-    /// The attempt loop (runs under the route's timeout, if any).
+    /// The attempt loop. The route's deadline bounds every wait in it (the pending queue,
+    /// each attempt, each back-off) explicitly rather than through one outer timer, so that
+    /// an attempt cut by it is always reported to outlier detection and the latency
+    /// estimate, whichever timer would have fired first.
     async fn attempts(
         &self,
         a: &Attempts<'_>,
@@ -422,12 +439,19 @@ impl Outbound {
             let ep = &cluster.endpoints[idx];
             dest.workload = ep.workload_name().0.to_string();
             dest.endpoint = Some(ep.addr);
+            // A hop the config cannot make (MUTUAL, ISTIO_MUTUAL to an endpoint without a
+            // sidecar, no identity to check) is a policy refusal: answered at once, never
+            // retried, never held against the endpoint.
+            let hop = choose_hop(cluster, ep, self.mtls)?;
 
-            let permit = cluster
-                .limits
-                .acquire_request(&cluster.spec.policy.pool)
-                .await
-                .map_err(|o| overflow(cluster, o))?;
+            let acquire = cluster.limits.acquire_request(&cluster.spec.policy.pool);
+            let acquired = match a.route_deadline {
+                Some(d) => tokio::time::timeout_at(d, acquire)
+                    .await
+                    .map_err(|_| a.route_timed_out())?,
+                None => acquire.await,
+            };
+            let permit = acquired.map_err(|o| overflow(cluster, o))?;
             let mut in_flight = cluster
                 .balancer
                 .endpoint(idx)
@@ -446,7 +470,7 @@ impl Outbound {
                 a.route_deadline,
                 a.policy.per_try_timeout,
             );
-            let send = self.send(cluster, ep, a.proto, up);
+            let send = self.send(cluster, ep, hop, a.proto, up);
             let sent = match deadline {
                 Some((at, kind)) => match tokio::time::timeout_at(at, send).await {
                     Ok(r) => r,
@@ -459,17 +483,22 @@ impl Outbound {
             let outcome = match &sent {
                 Sent::Response(rsp) => {
                     observe(&mut in_flight, done);
+                    // A gRPC failure is HTTP 200 with `grpc-status`: judge the endpoint by
+                    // what the status stands for (Envoy), or a dead gRPC backend is never
+                    // ejected.
+                    let judged = match resilience::retry::grpc_status(rsp.headers()) {
+                        Some(code) if a.grpc => resilience::grpc_to_http_status(code),
+                        _ => rsp.status(),
+                    };
                     cluster
                         .balancer
-                        .report(idx, Outcome::Response(rsp.status()), done);
+                        .report(idx, Outcome::Response(judged), done);
                     AttemptOutcome::from_response(rsp.status(), rsp.headers())
                 }
                 Sent::TimedOut(TimeoutKind::Route) => {
                     observe(&mut in_flight, done);
                     cluster.balancer.report(idx, Outcome::Timeout, done);
-                    // The route's deadline is the outer timer's too; answer it here in
-                    // case this timer fired first.
-                    return Err(route_timeout(a.route_timeout.unwrap_or_default()));
+                    return Err(a.route_timed_out());
                 }
                 Sent::TimedOut(TimeoutKind::PerTry) => {
                     observe(&mut in_flight, done);
@@ -484,6 +513,8 @@ impl Outbound {
                     outcome
                 }
             };
+            // Only an outgrown buffer ends retries here; a body the previous attempt still
+            // holds (hyper lets go of it asynchronously) is waited for after the back-off.
             if !body.replayable() {
                 state.mark_not_replayable();
             }
@@ -508,7 +539,26 @@ impl Outbound {
                     drop(sent);
                     drop(permit);
                     drop(in_flight);
-                    tokio::time::sleep(backoff).await;
+                    let wake = Instant::now() + backoff;
+                    match a.route_deadline {
+                        Some(d) if d <= wake => {
+                            tokio::time::sleep_until(d).await;
+                            return Err(a.route_timed_out());
+                        }
+                        _ => tokio::time::sleep_until(wake).await,
+                    }
+                    if !body.released().await {
+                        dest.retry_stop = Some(RetryStop::BodyNotReplayable);
+                        return Err(ProxyError::new(
+                            ErrorKind::UpstreamReset,
+                            format!(
+                                "attempt {attempt} to {} failed and the request body was still \
+                                 held by it, so it was not retried",
+                                ep.addr
+                            ),
+                        )
+                        .with_reason(Reason::UpstreamReset));
+                    }
                 }
                 RetryStep::Stop(why) => {
                     if why != RetryStop::NotRetriable {
@@ -545,19 +595,16 @@ impl Outbound {
         }
     }
 
-    /// One attempt to `ep`: the hop decided from config, then the request on it, dialed and
-    /// pooled as the cluster's `connectionPool` says.
+    /// One attempt to `ep` over `hop`, dialed and pooled as the cluster's `connectionPool`
+    /// says.
     async fn send(
         &self,
         cluster: &Cluster,
         ep: &Endpoint,
+        hop: Hop,
         proto: AppProtocol,
         mut up: Request<Body>,
     ) -> Sent {
-        let hop = match choose_hop(cluster, ep, self.mtls) {
-            Ok(h) => h,
-            Err(e) => return Sent::Failed(e),
-        };
         // A few field copies, no allocation: cheap enough per attempt.
         let profile = DialProfile::from_pool(&cluster.spec.policy.pool);
         let r = match hop {
@@ -688,12 +735,21 @@ struct Attempts<'a> {
     cluster: &'a Arc<Cluster>,
     policy: &'a RetryPolicy,
     proto: AppProtocol,
+    /// Whether the request is gRPC (its outcomes are judged by `grpc-status`).
+    grpc: bool,
     /// The affinity hash, the same for every attempt.
     hash: Option<u64>,
     /// The route's timeout and the deadline it sets (from the request's arrival, after any
     /// fault delay).
     route_timeout: Option<std::time::Duration>,
     route_deadline: Option<Instant>,
+}
+
+impl Attempts<'_> {
+    /// The answer when the route's deadline passed.
+    fn route_timed_out(&self) -> ProxyError {
+        route_timeout(self.route_timeout.unwrap_or_default())
+    }
 }
 
 /// Feeds the latency estimate once the response head (or the timeout) arrived.
