@@ -479,7 +479,7 @@ pub struct PoolLimits {
     /// `tcp.connectTimeout`; unset: 10s.
     #[serde(with = "serde_duration")]
     pub connect_timeout: Duration,
-    /// `tcp.tcpKeepalive`; `None`: keep-alive off.
+    /// `tcp.tcpKeepalive`; `None`: the transport's default (`transport::DEFAULT_KEEPALIVE`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<TcpKeepalive>,
     /// `tcp.maxConnectionDuration`; `None`: connections live until idle or closed.
