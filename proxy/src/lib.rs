@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod body;
+pub mod detect;
 pub mod cli;
 pub mod errors;
 pub mod identity;

@@ -44,6 +44,11 @@ struct XdsLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectLabels {
+    outcome: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +58,7 @@ pub struct Metrics {
     tls_failures: Family<TlsLabels, Counter>,
     cert_expiry: Gauge,
     cert_rotations: Family<ResultLabels, Counter>,
+    protocol_detect: Family<DetectLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +106,13 @@ impl Metrics {
             "Certificate requests to the CA, by result (success, failure)",
             cert_rotations.clone(),
         );
+        let protocol_detect = Family::<DetectLabels, Counter>::default();
+        registry.register(
+            "weft_protocol_detect",
+            "Protocol detection on intercepted connections, by outcome (http1, h2, tls_mesh, \
+             tls_app, opaque, timeout, skipped)",
+            protocol_detect.clone(),
+        );
         Self {
             registry,
             requests,
@@ -108,6 +121,7 @@ impl Metrics {
             tls_failures,
             cert_expiry,
             cert_rotations,
+            protocol_detect,
         }
     }
 
@@ -144,6 +158,15 @@ impl Metrics {
         self.cert_rotations
             .get_or_create(&ResultLabels {
                 result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// One connection's protocol detection ended with `outcome`.
+    pub fn protocol_detected(&self, outcome: crate::detect::DetectOutcome) {
+        self.protocol_detect
+            .get_or_create(&DetectLabels {
+                outcome: outcome.as_str(),
             })
             .inc();
     }
