@@ -1,4 +1,5 @@
-//! The command line: `weft-proxy run` and `weft-proxy init`. Parsing only; `app` does the work.
+//! The command line: `weft-proxy run` and `weft-proxy init`. Parsing only; `app` and `init`
+//! do the work.
 //!
 //! Every flag can also come from a `WEFT_*` environment variable, so the same binary is
 //! configured by flags locally and by env in a Kubernetes pod spec.
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Config, IdentityConfig};
+use crate::init;
 use crate::xds::Mode;
 
 #[derive(Debug, Parser)]
@@ -25,8 +27,72 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar for one workload.
     Run(Box<RunArgs>),
-    /// Write the pod's iptables rules (not in this release).
-    Init,
+    /// Install the pod's NAT rules for transparent interception (the init container).
+    Init(InitArgs),
+}
+
+/// `weft-proxy init`: the list flags take the syntax of Istio's
+/// `traffic.sidecar.istio.io/*` annotations (comma-separated; `*` all; empty none).
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The proxy's UID: its own traffic is never captured.
+    #[arg(long, env = "WEFT_PROXY_UID", default_value_t = init::options::DEFAULT_PROXY_UID)]
+    pub proxy_uid: u32,
+    /// The proxy's GID, also exempt; defaults to --proxy-uid.
+    #[arg(long, env = "WEFT_PROXY_GID")]
+    pub proxy_gid: Option<u32>,
+    /// Where inbound TCP is redirected (the proxy's inbound listener).
+    #[arg(long, env = "WEFT_INBOUND_PORT", default_value_t = init::options::DEFAULT_INBOUND_PORT)]
+    pub inbound_port: u16,
+    /// Where outbound TCP is redirected (the proxy's outbound listener).
+    #[arg(long, env = "WEFT_OUTBOUND_PORT", default_value_t = init::options::DEFAULT_OUTBOUND_PORT)]
+    pub outbound_port: u16,
+    /// Inbound ports to capture: "*" (all), a list, or "" (none). includeInboundPorts.
+    #[arg(long, env = "WEFT_INCLUDE_INBOUND_PORTS", default_value = "*")]
+    pub include_inbound_ports: String,
+    /// Inbound ports never captured (with --include-inbound-ports "*"). excludeInboundPorts.
+    #[arg(long, env = "WEFT_EXCLUDE_INBOUND_PORTS", default_value = "")]
+    pub exclude_inbound_ports: String,
+    /// Outbound destination ports never captured. excludeOutboundPorts.
+    #[arg(long, env = "WEFT_EXCLUDE_OUTBOUND_PORTS", default_value = "")]
+    pub exclude_outbound_ports: String,
+    /// Outbound destinations to capture: "*" (all), CIDRs, or "" (none).
+    /// includeOutboundIPRanges.
+    #[arg(long, env = "WEFT_INCLUDE_OUTBOUND_IP_RANGES", default_value = "*")]
+    pub include_outbound_ip_ranges: String,
+    /// Outbound destination CIDRs never captured. excludeOutboundIPRanges.
+    #[arg(long, env = "WEFT_EXCLUDE_OUTBOUND_IP_RANGES", default_value = "")]
+    pub exclude_outbound_ip_ranges: String,
+    /// Capture IPv6 too (ip6tables / the ip6 half of the nft table).
+    #[arg(long, env = "WEFT_IPV6", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ipv6: bool,
+    /// iptables-nft, iptables-legacy or nft; default: what the node uses.
+    #[arg(long, env = "WEFT_INIT_BACKEND", value_enum)]
+    pub backend: Option<init::Backend>,
+    /// Print the chosen backend and the exact rules, change nothing (no root needed).
+    #[arg(long, env = "WEFT_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+impl InitArgs {
+    pub fn request(&self) -> init::Request {
+        init::Request {
+            options: init::RawOptions {
+                proxy_uid: self.proxy_uid,
+                proxy_gid: self.proxy_gid,
+                inbound_port: self.inbound_port,
+                outbound_port: self.outbound_port,
+                include_inbound_ports: self.include_inbound_ports.clone(),
+                exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+                exclude_outbound_ports: self.exclude_outbound_ports.clone(),
+                include_outbound_ip_ranges: self.include_outbound_ip_ranges.clone(),
+                exclude_outbound_ip_ranges: self.exclude_outbound_ip_ranges.clone(),
+                ipv6: self.ipv6,
+            },
+            backend: self.backend,
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,13 +179,22 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         }
     };
     match cli.command {
-        Command::Init => {
-            eprintln!(
-                "weft-proxy init: not implemented in this release: arrives with the interception issue"
-            );
-            ExitCode::from(2)
-        }
+        Command::Init(args) => init_main(&args),
         Command::Run(args) => run(&args),
+    }
+}
+
+fn init_main(args: &InitArgs) -> ExitCode {
+    match init::run(&args.request(), &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-proxy init: {e}");
+            // Usage errors exit 2 like clap's; a node that cannot take the rules, 1.
+            match e {
+                init::InitError::Options(_) => ExitCode::from(2),
+                init::InitError::Setup(_) => ExitCode::FAILURE,
+            }
+        }
     }
 }
 
@@ -295,8 +370,53 @@ mod tests {
     }
 
     #[test]
-    fn init_is_not_there_yet() {
-        let code = main_with_args(["weft-proxy", "init"].map(OsString::from));
+    fn init_flags_and_defaults() {
+        let Command::Init(a) = parse(&["init"]).unwrap().command else {
+            panic!("not init")
+        };
+        let req = a.request();
+        assert_eq!(req.options, init::RawOptions::default());
+        assert_eq!((req.backend, req.dry_run), (None, false));
+
+        let Command::Init(a) = parse(&[
+            "init",
+            "--proxy-uid",
+            "1000",
+            "--include-inbound-ports",
+            "80,443",
+            "--ipv6",
+            "false",
+            "--backend",
+            "iptables-legacy",
+            "--dry-run",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not init")
+        };
+        let req = a.request();
+        assert_eq!(req.options.proxy_uid, 1000);
+        assert_eq!(req.options.include_inbound_ports, "80,443");
+        assert!(!req.options.ipv6);
+        assert_eq!(req.backend, Some(init::Backend::IptablesLegacy));
+        assert!(req.dry_run);
+    }
+
+    #[test]
+    fn init_dry_run_exits_0_and_bad_options_exit_2() {
+        let code = main_with_args(["weft-proxy", "init", "--dry-run"].map(OsString::from));
+        assert_eq!(code, ExitCode::SUCCESS);
+        let code = main_with_args(
+            [
+                "weft-proxy",
+                "init",
+                "--dry-run",
+                "--exclude-inbound-ports",
+                "x",
+            ]
+            .map(OsString::from),
+        );
         assert_eq!(code, ExitCode::from(2));
     }
 }
