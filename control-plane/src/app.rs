@@ -70,6 +70,15 @@ pub struct Args {
     /// SPIFFE trust domain.
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// What proxies do with outbound traffic to addresses no service claims: `ALLOW_ANY`
+    /// (pass it through unchanged) or `REGISTRY_ONLY` (refuse it). Istio's
+    /// `meshConfig.outboundTrafficPolicy.mode`.
+    #[arg(
+        long,
+        env = "WEFT_OUTBOUND_TRAFFIC_POLICY",
+        default_value = "ALLOW_ANY"
+    )]
+    pub outbound_traffic_policy: crate::config::OutboundTrafficPolicy,
     /// Log filter (tracing EnvFilter syntax), e.g. `info,weft_control::xds=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,

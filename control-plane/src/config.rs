@@ -14,9 +14,13 @@ use weft_config::model::{MeshSettings, Model};
 use weft_config::translate::{self, ProxyId};
 
 use crate::app::Args;
+
 use crate::sources::{ConfigDiagnostic, ConfigStore, Severity};
 use crate::xds::cache::Generator;
 use crate::xds::snapshot::Generated;
+/// Re-exported for the `--outbound-traffic-policy` flag, so that `weft_config` stays named
+/// here only.
+pub use weft_config::OutboundTrafficPolicy;
 
 /// `weft_config::index::Index`, publishing its model to a [`ModelGenerator`].
 #[derive(Debug)]
@@ -37,6 +41,7 @@ pub fn real(args: &Args, trust_bundle: Vec<String>) -> (IndexStore, Arc<dyn Gene
     let settings = MeshSettings {
         trust_domain: args.trust_domain.clone(),
         trust_bundle,
+        outbound_traffic_policy: args.outbound_traffic_policy,
         ..MeshSettings::default()
     };
     let index = Index::new(settings);
@@ -145,6 +150,36 @@ spec:
         let generated = generator.generate("anyone.default").unwrap();
         let mesh = weft_api::mesh::Mesh::from_any(&generated[MESH][MESH_NAME]).unwrap();
         assert_eq!(mesh.trust_bundle, vec!["ROOT".to_string()]);
+    }
+
+    #[test]
+    fn the_outbound_traffic_policy_flag_reaches_proxies_in_mesh() {
+        use weft_api::mesh::{Mesh, OutboundTrafficPolicy as Wire};
+        use weft_api::type_url::{MESH, MESH_NAME, Resource as _};
+        let policy = |extra: &[&str]| {
+            let args = Args::try_parse_from(
+                ["weft-control", "--config-dir", "."]
+                    .iter()
+                    .chain(extra)
+                    .copied(),
+            )
+            .map_err(|e| e.to_string())?;
+            let (_, generator) = real(&args, Vec::new());
+            let generated = generator.generate("anyone.default")?;
+            let mesh = Mesh::from_any(&generated[MESH][MESH_NAME]).map_err(|e| e.to_string())?;
+            Ok::<_, String>(mesh.outbound_traffic_policy())
+        };
+        assert_eq!(policy(&[]), Ok(Wire::AllowAny));
+        assert_eq!(
+            policy(&["--outbound-traffic-policy", "REGISTRY_ONLY"]),
+            Ok(Wire::RegistryOnly)
+        );
+        assert_eq!(
+            policy(&["--outbound-traffic-policy", "allow_any"]),
+            Ok(Wire::AllowAny)
+        );
+        let err = policy(&["--outbound-traffic-policy", "DENY"]).unwrap_err();
+        assert!(err.contains("expected ALLOW_ANY or REGISTRY_ONLY"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod yaml;
 
 pub use diag::{Diagnostic, Kind, ObjectRef, Severity};
 pub use index::Index;
-pub use model::{MeshSettings, Model};
+pub use model::{MeshSettings, Model, OutboundTrafficPolicy};
 pub use parse::{Object, Origin, Parsed, Resource, parse_str};
 pub use translate::{ProxyId, ProxyResources, for_proxy};
 pub use yaml::Positions;

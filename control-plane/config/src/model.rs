@@ -31,6 +31,50 @@ pub struct MeshSettings {
     /// The namespace whose selector-less PeerAuthentication is mesh-wide (Istio's
     /// `rootNamespace`, `istio-system` there); `weft-system` by default.
     pub root_namespace: String,
+    /// What proxies do with outbound traffic to addresses no service claims
+    /// (`Mesh.outbound_traffic_policy`); Istio's default, ALLOW_ANY, unless configured.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `MeshConfig.outboundTrafficPolicy.mode`, spelled as Istio spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OutboundTrafficPolicy {
+    /// Traffic to unknown addresses passes through unchanged.
+    #[default]
+    AllowAny,
+    /// Traffic to unknown addresses is refused.
+    RegistryOnly,
+}
+
+impl OutboundTrafficPolicy {
+    /// Istio's name (`ALLOW_ANY`, `REGISTRY_ONLY`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowAny => "ALLOW_ANY",
+            Self::RegistryOnly => "REGISTRY_ONLY",
+        }
+    }
+}
+
+impl std::fmt::Display for OutboundTrafficPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OutboundTrafficPolicy {
+    type Err = String;
+
+    /// Istio's names; case-insensitive because flags and env vars are typed by hand.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "ALLOW_ANY" => Ok(Self::AllowAny),
+            "REGISTRY_ONLY" => Ok(Self::RegistryOnly),
+            _ => Err(format!(
+                "unknown outbound traffic policy {s:?}: expected ALLOW_ANY or REGISTRY_ONLY"
+            )),
+        }
+    }
 }
 
 impl Default for MeshSettings {
@@ -40,6 +84,7 @@ impl Default for MeshSettings {
             dns_domain: "cluster.local".into(),
             trust_bundle: Vec::new(),
             root_namespace: "weft-system".into(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
         }
     }
 }

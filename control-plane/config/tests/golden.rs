@@ -5,7 +5,9 @@
 //! - `# proxy: <name>.<namespace>`: the node id to translate for (required);
 //! - `# include: <path>`: other files applied first, each as its own file; paths are
 //!   relative to this crate, or start with `conformance/` for Istio's corpus beside the
-//!   repository (../shared/conformance).
+//!   repository (../shared/conformance);
+//! - `# outbound-traffic-policy: ALLOW_ANY|REGISTRY_ONLY`: the mesh setting (a control-plane
+//!   flag, not YAML); ALLOW_ANY when absent.
 //!
 //! The rest of the case file is applied as one more file. The golden output is the
 //! resources rendered by `weft_config::translate::to_json` (pretty JSON), preceded by every
@@ -34,15 +36,18 @@ fn render_case(case: &Path) -> String {
     let text = std::fs::read_to_string(case).expect("read case");
     let mut proxy = None;
     let mut includes = Vec::new();
+    let mut settings = MeshSettings::default();
     for line in text.lines().take_while(|l| l.starts_with('#')) {
         if let Some(p) = line.strip_prefix("# proxy:") {
             proxy = Some(ProxyId::from_node_id(p.trim()).expect("valid proxy id"));
         } else if let Some(i) = line.strip_prefix("# include:") {
             includes.push(i.trim().to_string());
+        } else if let Some(p) = line.strip_prefix("# outbound-traffic-policy:") {
+            settings.outbound_traffic_policy = p.trim().parse().expect("a policy name");
         }
     }
     let proxy = proxy.expect("case needs a `# proxy:` header");
-    let mut index = Index::new(MeshSettings::default());
+    let mut index = Index::new(settings);
     let mut out = String::new();
     let mut diagnostics = Vec::new();
     for include in &includes {

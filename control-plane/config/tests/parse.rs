@@ -102,6 +102,44 @@ spec:
 }
 
 #[test]
+fn service_entry_addresses_must_be_ips_or_cidrs() {
+    let text = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: prod}
+spec:
+  hosts: [db.example.com]
+  addresses:
+  - 10.1.0.0/16
+  - 2001:db8::1
+  - 10.0.0.300
+  - 10.0.0.0/33
+  - db.example.com
+  - 10.0.0.0/+8
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+";
+    let parsed = parse_str(text, Some(Path::new("se.yaml")));
+    assert!(parsed.resources.is_empty());
+    let got = render(&parsed.diagnostics);
+    let want = [
+        (9, "spec.addresses[2]", "10.0.0.300"),
+        (10, "spec.addresses[3]", "10.0.0.0/33"),
+        (11, "spec.addresses[4]", "db.example.com"),
+        (12, "spec.addresses[5]", "10.0.0.0/+8"),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (d, (line, field, value)) in parsed.diagnostics.iter().zip(want) {
+        assert_eq!((d.line, d.field.as_str()), (line, field), "{d}");
+        assert_eq!(
+            d.to_string(),
+            format!(
+                "se.yaml:{line}:5: ServiceEntry prod/db: {field}: invalid address {value:?}: expected an IP or a CIDR block"
+            )
+        );
+    }
+}
+
+#[test]
 fn other_kinds_are_skipped_with_a_warning() {
     let text = "\
 apiVersion: apps/v1

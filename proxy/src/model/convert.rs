@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use weft_api::mesh as pb;
 
+use super::net::IpNet;
 use super::types::*;
 
 /// Why a resource cannot be applied; its `Display` becomes the NACK's `error_detail`.
@@ -52,10 +53,27 @@ impl TryFrom<&pb::Mesh> for Mesh {
         for (n, pem) in m.trust_bundle.iter().enumerate() {
             check_pem_certs(pem).map_err(|r| invalid(format!("trust_bundle[{n}]"), r))?;
         }
+        let outbound_traffic_policy =
+            match pb::OutboundTrafficPolicy::try_from(m.outbound_traffic_policy) {
+                Ok(pb::OutboundTrafficPolicy::AllowAny) => OutboundTrafficPolicy::AllowAny,
+                Ok(pb::OutboundTrafficPolicy::RegistryOnly) => OutboundTrafficPolicy::RegistryOnly,
+                // A mode from a newer control plane may be stricter than ALLOW_ANY; guessing would
+                // let through traffic the operator meant to stop.
+                Err(_) => {
+                    return Err(invalid(
+                        "outbound_traffic_policy",
+                        format!(
+                            "unknown outbound traffic policy {}",
+                            m.outbound_traffic_policy
+                        ),
+                    ));
+                }
+            };
         Ok(Self {
             trust_domain: m.trust_domain.clone(),
             dns_domain: m.dns_domain.clone(),
             trust_bundle: m.trust_bundle.clone(),
+            outbound_traffic_policy,
         })
     }
 }
@@ -183,6 +201,12 @@ impl TryFrom<&pb::Service> for Service {
             .enumerate()
             .map(|(n, r)| TcpRoute::try_from(r).map_err(within(&format!("tcp[{n}]"))))
             .collect::<Result<_, _>>()?;
+        let addresses = s
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(n, a)| IpNet::parse(a).map_err(|r| invalid(format!("addresses[{n}]"), r)))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             name: s.name.clone(),
             namespace: s.namespace.clone(),
@@ -191,6 +215,7 @@ impl TryFrom<&pb::Service> for Service {
             http,
             tcp,
             origin: s.origin.clone(),
+            addresses,
         })
     }
 }

@@ -7,12 +7,15 @@
 //! beside it ([`ClusterRuntime`]), shared by successive snapshots.
 
 mod convert;
+mod net;
 mod types;
 
 pub use convert::{InvalidResource, endpoints_from_proto};
+pub use net::IpNet;
 pub use types::*;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -79,6 +82,8 @@ pub struct Snapshot {
     pub services: BTreeMap<String, Arc<Service>>,
     /// Lower-cased canonical names and aliases -> service: one hash lookup per request.
     hosts: HashMap<String, Arc<Service>>,
+    /// Services by virtual address (`Service.addresses`), for original-destination routing.
+    addresses: net::AddressIndex,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub versions: BTreeMap<String, String>,
 }
@@ -140,6 +145,7 @@ impl Snapshot {
             inbound: parts.inbound.clone(),
             services: parts.services.clone(),
             hosts,
+            addresses: net::AddressIndex::build(parts.services.values()),
             clusters,
             versions: parts.versions.clone(),
         }
@@ -155,6 +161,26 @@ impl Snapshot {
             return self.hosts.get(&host.to_ascii_lowercase());
         }
         None
+    }
+
+    /// The service an intercepted connection to `ip:port` (its original destination) belongs
+    /// to: the one whose `addresses` hold `ip`, a single address before a prefix and a longer
+    /// prefix before a shorter one, among services that serve `port` (or declare no ports).
+    /// Ties go to the first service by name. `None`: a destination the mesh does not know,
+    /// for the mesh's [`OutboundTrafficPolicy`] to decide. IPv4-mapped IPv6 addresses match as
+    /// IPv4. Allocates nothing: one hash lookup, then a scan of the (few) prefixes.
+    pub fn service_for_addr(&self, ip: IpAddr, port: u16) -> Option<&Arc<Service>> {
+        self.addresses.lookup(ip, port)
+    }
+
+    /// The mesh's policy for destinations [`Snapshot::service_for_addr`] does not know;
+    /// ALLOW_ANY (Istio's default) until a `Mesh` arrives.
+    pub fn outbound_traffic_policy(&self) -> OutboundTrafficPolicy {
+        self.mesh
+            .as_ref()
+            .map_or(OutboundTrafficPolicy::default(), |m| {
+                m.outbound_traffic_policy
+            })
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {

@@ -219,3 +219,191 @@ fn tls_fields_convert_and_only_malformed_ones_are_nacked() {
     let e = Mesh::try_from(&m).unwrap_err();
     assert_eq!(e.field, "trust_bundle[0]");
 }
+
+// === original destination: Service.addresses, Snapshot::service_for_addr ===
+
+fn addressed(name: &str, ports: &[u32], addresses: &[&str]) -> pb::Service {
+    pb::Service {
+        name: name.into(),
+        ports: ports
+            .iter()
+            .map(|&number| pb::Port {
+                number,
+                ..Default::default()
+            })
+            .collect(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn snapshot_of(services: &[pb::Service]) -> Snapshot {
+    let mut parts = Parts::default();
+    for s in services {
+        let svc = Service::try_from(s).unwrap();
+        parts.services.insert(svc.name.clone(), Arc::new(svc));
+    }
+    Snapshot::build(&parts)
+}
+
+fn found(snap: &Snapshot, ip: &str, port: u16) -> Option<String> {
+    snap.service_for_addr(ip.parse().unwrap(), port)
+        .map(|s| s.name.clone())
+}
+
+#[test]
+fn exact_addresses_match_on_a_served_port() {
+    let snap = snapshot_of(&[
+        addressed("db", &[5432], &["192.0.2.10", "2001:db8::10"]),
+        addressed("anyport", &[], &["192.0.2.20"]),
+    ]);
+    assert_eq!(found(&snap, "192.0.2.10", 5432).as_deref(), Some("db"));
+    assert_eq!(found(&snap, "2001:db8::10", 5432).as_deref(), Some("db"));
+    // A dual-stack socket reports an IPv4 destination as IPv4-mapped IPv6.
+    assert_eq!(
+        found(&snap, "::ffff:192.0.2.10", 5432).as_deref(),
+        Some("db")
+    );
+    assert_eq!(found(&snap, "192.0.2.10", 80), None, "port not served");
+    assert_eq!(found(&snap, "192.0.2.11", 5432), None, "unknown address");
+    assert_eq!(found(&snap, "2001:db8::11", 5432), None);
+    // A service that declares no ports takes every port (Service::has_port).
+    assert_eq!(found(&snap, "192.0.2.20", 1).as_deref(), Some("anyport"));
+}
+
+#[test]
+fn cidrs_match_most_specific_first_among_services_with_the_port() {
+    let snap = snapshot_of(&[
+        addressed("wide", &[80, 8080], &["10.0.0.0/8"]),
+        addressed("narrow", &[80], &["10.1.0.0/16"]),
+        addressed("narrower", &[80], &["10.1.2.3/24"]), // host bits ignored: 10.1.2.0/24
+        addressed("host", &[80], &["10.1.2.7"]),
+        addressed("v6", &[443], &["2001:db8:1::/48", "::ffff:172.16.0.0/108"]),
+        addressed("everything", &[9999], &["0.0.0.0/0", "::/0"]),
+    ]);
+    assert_eq!(found(&snap, "10.1.2.7", 80).as_deref(), Some("host"));
+    assert_eq!(found(&snap, "10.1.2.8", 80).as_deref(), Some("narrower"));
+    assert_eq!(found(&snap, "10.1.3.1", 80).as_deref(), Some("narrow"));
+    assert_eq!(found(&snap, "10.200.0.1", 80).as_deref(), Some("wide"));
+    // A more specific service without the port does not hide a wider one with it.
+    assert_eq!(found(&snap, "10.1.2.7", 8080).as_deref(), Some("wide"));
+    assert_eq!(found(&snap, "11.0.0.1", 80), None);
+    assert_eq!(
+        found(&snap, "2001:db8:1:ffff::1", 443).as_deref(),
+        Some("v6")
+    );
+    assert_eq!(found(&snap, "2001:db8:2::1", 443), None);
+    // An IPv4-mapped prefix is the IPv4 one (172.16.0.0/12).
+    assert_eq!(found(&snap, "172.31.255.255", 443).as_deref(), Some("v6"));
+    // /0 matches its own family only... and every address of it.
+    assert_eq!(
+        found(&snap, "203.0.113.1", 9999).as_deref(),
+        Some("everything")
+    );
+    assert_eq!(found(&snap, "fe80::1", 9999).as_deref(), Some("everything"));
+    // IPv4 and IPv6 never match across families (10.0.0.0/8 is not ::a00:0/104).
+    assert_eq!(found(&snap, "::a01:207", 80), None);
+}
+
+#[test]
+fn services_sharing_an_address_go_to_the_first_name() {
+    // Istio gives every host of a ServiceEntry all of its addresses.
+    let snap = snapshot_of(&[
+        addressed("legacy-b", &[8080], &["10.9.0.0/16", "10.9.9.9"]),
+        addressed("legacy-a", &[8080], &["10.9.0.0/16", "10.9.9.9"]),
+        addressed("other-port", &[9090], &["10.9.9.9"]),
+    ]);
+    assert_eq!(found(&snap, "10.9.9.9", 8080).as_deref(), Some("legacy-a"));
+    assert_eq!(found(&snap, "10.9.1.1", 8080).as_deref(), Some("legacy-a"));
+    assert_eq!(
+        found(&snap, "10.9.9.9", 9090).as_deref(),
+        Some("other-port")
+    );
+}
+
+#[test]
+fn malformed_addresses_are_nacked_naming_the_field() {
+    for (bad, reason) in [
+        (
+            "10.0.0.300",
+            "\"10.0.0.300\" is not an IP address or CIDR block",
+        ),
+        ("db.example.com", "is not an IP address or CIDR block"),
+        ("10.0.0.0/33", "prefix length \"33\" is not 0-32"),
+        ("2001:db8::/129", "prefix length \"129\" is not 0-128"),
+        ("10.0.0.0/+8", "prefix length \"+8\" is not 0-32"),
+        ("10.0.0.0/", "prefix length \"\" is not 0-32"),
+        ("", "\"\" is not an IP address or CIDR block"),
+    ] {
+        let e = Service::try_from(&addressed("s", &[], &["10.0.0.1", bad])).unwrap_err();
+        assert_eq!(e.field, "addresses[1]", "{bad}");
+        assert!(e.reason.contains(reason), "{bad}: {e}");
+        assert!(e.to_string().starts_with("addresses[1]: "), "{e}");
+    }
+}
+
+#[test]
+fn addresses_show_in_dumps_as_prefixes_without_host_bits() {
+    let svc = Service::try_from(&addressed(
+        "s",
+        &[],
+        &[
+            "10.0.0.1",
+            "10.0.0.1/32",
+            "10.1.2.3/16",
+            "2001:DB8::1",
+            "2001:db8::/64",
+        ],
+    ))
+    .unwrap();
+    let json = serde_json::to_value(&svc).unwrap();
+    assert_eq!(
+        json["addresses"],
+        serde_json::json!([
+            "10.0.0.1",
+            "10.0.0.1",
+            "10.1.0.0/16",
+            "2001:db8::1",
+            "2001:db8::/64"
+        ])
+    );
+}
+
+#[test]
+fn outbound_traffic_policy_converts_and_defaults_to_allow_any() {
+    assert_eq!(
+        Snapshot::default().outbound_traffic_policy(),
+        OutboundTrafficPolicy::AllowAny,
+        "no Mesh yet"
+    );
+    let mut m = pb::Mesh::default();
+    assert_eq!(
+        Mesh::try_from(&m).unwrap().outbound_traffic_policy,
+        OutboundTrafficPolicy::AllowAny,
+        "unset on the wire is ALLOW_ANY"
+    );
+    m.outbound_traffic_policy = pb::OutboundTrafficPolicy::RegistryOnly as i32;
+    let mesh = Mesh::try_from(&m).unwrap();
+    assert_eq!(
+        mesh.outbound_traffic_policy,
+        OutboundTrafficPolicy::RegistryOnly
+    );
+    assert_eq!(
+        serde_json::to_value(&mesh).unwrap()["outbound_traffic_policy"],
+        "REGISTRY_ONLY"
+    );
+    let parts = Parts {
+        mesh: Some(Arc::new(mesh)),
+        ..Default::default()
+    };
+    assert_eq!(
+        Snapshot::build(&parts).outbound_traffic_policy(),
+        OutboundTrafficPolicy::RegistryOnly
+    );
+    m.outbound_traffic_policy = 7;
+    let e = Mesh::try_from(&m).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "outbound_traffic_policy: unknown outbound traffic policy 7"
+    );
+}

@@ -17,6 +17,20 @@ pub struct Mesh {
     /// PEM roots peers may chain to (several during a root rotation); empty: keep the
     /// bootstrap roots (`--ca-root`).
     pub trust_bundle: Vec<String>,
+    /// What to do with outbound traffic to an address no service claims.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`, for destinations [`super::Snapshot::service_for_addr`]
+/// does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    /// Pass the connection through to its original destination, unchanged (Istio's default).
+    #[default]
+    AllowAny,
+    /// Refuse it, saying the destination is not in the mesh's registry.
+    RegistryOnly,
 }
 
 /// PeerAuthentication mode of an inbound port, resolved by the control plane.
@@ -220,6 +234,10 @@ pub struct Service {
     pub http: Vec<HttpRoute>,
     pub tcp: Vec<TcpRoute>,
     pub origin: String,
+    /// Virtual addresses (ServiceEntry `addresses`, later a ClusterIP): a connection whose
+    /// original destination falls in one, on one of `ports`, is this service's traffic.
+    /// Empty: reached by name only. Indexed by the snapshot (`service_for_addr`).
+    pub addresses: Vec<super::net::IpNet>,
 }
 
 impl Service {

@@ -49,6 +49,7 @@ fn service(routes: Vec<HttpRoute>) -> Service {
         http: routes,
         tcp: vec![],
         origin: "VirtualService default/reviews".into(),
+        addresses: vec![],
     }
 }
 

@@ -6,11 +6,12 @@
 //! `tests/golden.rs` pin the output.
 //!
 //! Output, by type (see mesh.proto for the semantics of each field):
-//! - `Mesh` "mesh": trust and DNS domains, trust bundle.
+//! - `Mesh` "mesh": trust and DNS domains, trust bundle, outbound traffic policy.
 //! - `Inbound` "inbound": the proxy's own WorkloadEntry (`<name>.<namespace>` node id), if any,
 //!   with its PeerAuthentication resolved ([`mtls::resolve_peer_authentication`]).
-//! - `Service` per visible ServiceEntry host: aliases, ports, HTTP and TCP routes from the
-//!   VirtualService for that host, then default routes so that every request has a route.
+//! - `Service` per visible ServiceEntry host: aliases, addresses, ports, HTTP and TCP routes
+//!   from the VirtualService for that host, then default routes so that every request has a
+//!   route.
 //! - `Cluster` per port and per DestinationRule subset: `outbound|<port>|<subset>|<fqdn>`,
 //!   with the DestinationRule's client TLS ([`mtls::upstream_tls`]) and the service's
 //!   expected identities (secure naming, [`mtls::service_identities`]).
@@ -34,7 +35,7 @@ use crate::kinds::{
     self, DestinationRule, HttpMatchRequest, LoadBalancerSettings, PortTrafficPolicy, ServiceEntry,
     TrafficPolicy, VirtualService, WorkloadEntry, labels_match,
 };
-use crate::model::Model;
+use crate::model::{Model, OutboundTrafficPolicy};
 use crate::parse::Object;
 
 pub use render::to_json;
@@ -156,6 +157,10 @@ pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
             trust_domain: model.settings.trust_domain.clone(),
             dns_domain: model.settings.dns_domain.clone(),
             trust_bundle: model.settings.trust_bundle.clone(),
+            outbound_traffic_policy: match model.settings.outbound_traffic_policy {
+                OutboundTrafficPolicy::AllowAny => mesh::OutboundTrafficPolicy::AllowAny,
+                OutboundTrafficPolicy::RegistryOnly => mesh::OutboundTrafficPolicy::RegistryOnly,
+            } as i32,
         },
         inbound: cx.inbound(),
         ..Default::default()
@@ -393,6 +398,10 @@ impl<'m> Cx<'m> {
             ports: svc.ports.clone(),
             http,
             tcp,
+            // Every host of the ServiceEntry gets all its addresses, as in Istio; validation
+            // has checked each is an IP or CIDR, and they go out as written (the proxy
+            // parses them).
+            addresses: svc.se.spec.addresses.clone(),
             origin,
         }
     }

@@ -47,6 +47,8 @@ fn mesh_json(m: &mesh::Mesh) -> Value {
         "trust_domain": m.trust_domain,
         "dns_domain": m.dns_domain,
         "trust_bundle": m.trust_bundle,
+        "outbound_traffic_policy": mesh::OutboundTrafficPolicy::try_from(m.outbound_traffic_policy)
+            .map_or("?", |p| p.as_str_name()),
     })
 }
 
@@ -163,7 +165,7 @@ fn clusters_json(c: &[mesh::WeightedCluster]) -> Value {
 }
 
 fn service_json(s: &mesh::Service) -> Value {
-    json!({
+    let mut out = json!({
         "name": s.name,
         "namespace": s.namespace,
         "aliases": s.aliases,
@@ -189,7 +191,14 @@ fn service_json(s: &mesh::Service) -> Value {
         }).collect::<Vec<_>>(),
         "tcp": s.tcp.iter().map(|r| json!({ "port": r.port, "clusters": clusters_json(&r.clusters) })).collect::<Vec<_>>(),
         "origin": s.origin,
-    })
+    });
+    // Only when set, so the goldens of services reached by name alone stay as they were.
+    if !s.addresses.is_empty()
+        && let Some(obj) = out.as_object_mut()
+    {
+        obj.insert("addresses".into(), json!(s.addresses));
+    }
+    out
 }
 
 fn cluster_json(c: &mesh::Cluster) -> Value {

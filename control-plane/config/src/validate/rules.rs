@@ -258,9 +258,12 @@ pub(crate) fn check_enum(
     }
 }
 
-/// An IP address or a CIDR block.
+/// An IP address or a CIDR block. The prefix length is plain decimal digits (`parse::<u8>`
+/// alone would take `+8`, which Istio's `netip.ParsePrefix` and the proxy refuse). Host bits
+/// may be set (`10.1.2.3/16`): Istio accepts them and Envoy ignores them.
 pub(crate) fn is_ip_or_cidr(s: &str) -> bool {
     match s.split_once('/') {
+        Some((_, bits)) if bits.is_empty() || !bits.bytes().all(|b| b.is_ascii_digit()) => false,
         Some((ip, bits)) => match (ip.parse::<IpAddr>(), bits.parse::<u8>()) {
             (Ok(IpAddr::V4(_)), Ok(b)) => b <= 32,
             (Ok(IpAddr::V6(_)), Ok(b)) => b <= 128,
