@@ -539,13 +539,19 @@ impl Outbound {
                     drop(sent);
                     drop(permit);
                     drop(in_flight);
-                    let wake = Instant::now() + backoff;
-                    match a.route_deadline {
-                        Some(d) if d <= wake => {
+                    // `checked_add`: a huge configured back-off must not panic the request.
+                    let wake = Instant::now().checked_add(backoff);
+                    match (a.route_deadline, wake) {
+                        (Some(d), None) => {
                             tokio::time::sleep_until(d).await;
                             return Err(a.route_timed_out());
                         }
-                        _ => tokio::time::sleep_until(wake).await,
+                        (Some(d), Some(w)) if d <= w => {
+                            tokio::time::sleep_until(d).await;
+                            return Err(a.route_timed_out());
+                        }
+                        (_, Some(w)) => tokio::time::sleep_until(w).await,
+                        (None, None) => tokio::time::sleep(backoff).await,
                     }
                     if !body.released().await {
                         dest.retry_stop = Some(RetryStop::BodyNotReplayable);
@@ -558,6 +564,11 @@ impl Outbound {
                             ),
                         )
                         .with_reason(Reason::UpstreamReset));
+                    }
+                    // No attempt starts at or past the deadline: it would be cut at once and
+                    // wrongly held against the endpoint it dialed.
+                    if a.route_deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(a.route_timed_out());
                     }
                 }
                 RetryStep::Stop(why) => {

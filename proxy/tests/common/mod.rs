@@ -6,15 +6,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use weft_proxy::app::{DataPlane, DataPlaneParams, spawn_data_plane};
+use weft_proxy::balance::OutlierConfig;
 use weft_proxy::identity::MeshTls;
 use weft_proxy::model::*;
 use weft_proxy::outbound::Workload;
@@ -72,6 +76,7 @@ pub(crate) fn service(
         }],
         tcp: vec![],
         origin: String::new(),
+        addresses: vec![],
     })
 }
 
@@ -93,6 +98,86 @@ pub(crate) fn cluster(name: &str, service: &str, port: u16) -> ClusterSpec {
         identities: vec![],
         policy: Default::default(),
     }
+}
+
+/// An endpoint at `addr` of workload `default/app-v1`, behind a sidecar on `mesh_port` or
+/// (`None`) without one.
+pub(crate) fn endpoint(addr: SocketAddr, mesh_port: Option<u16>) -> Endpoint {
+    Endpoint {
+        addr,
+        mesh_port,
+        identity: String::new(),
+        weight: 1,
+        workload: "default/app-v1".into(),
+        labels: std::collections::BTreeMap::new(),
+    }
+}
+
+/// Outlier detection that ejects after `consecutive_5xx` 5xx (local-origin failures count as
+/// 5xx: not split), sweeping every 1s, ejecting for 30s, any share of the cluster at once and
+/// no panic mode (so a cluster with every endpoint ejected answers `no_healthy_endpoints`).
+pub(crate) fn outlier(consecutive_5xx: u32) -> OutlierConfig {
+    OutlierConfig {
+        consecutive_5xx,
+        consecutive_gateway: 0,
+        consecutive_local_origin: 0,
+        split_external_local_origin_errors: false,
+        interval: Duration::from_secs(1),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 100,
+        min_health_percent: 0,
+    }
+}
+
+/// A server that accepts TCP connections, holds them and never says a word; `accepted`
+/// counts them (and can be waited on: `wait_for(|n| *n >= 1)`).
+pub(crate) struct BlackHole {
+    pub(crate) addr: SocketAddr,
+    pub(crate) accepted: watch::Receiver<usize>,
+}
+
+/// Starts a [`BlackHole`]; it is listening (bound) when this returns.
+pub(crate) async fn start_black_hole() -> BlackHole {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (count, accepted) = watch::channel(0usize);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    BlackHole { addr, accepted }
+}
+
+/// Starts an HTTP/1.1 and h2c server that answers every request `status` at once, with an
+/// empty body; it is listening when this returns. The counter is the requests it answered.
+pub(crate) async fn start_status_server(status: StatusCode) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let mut rsp = http::Response::new(Full::new(Bytes::new()));
+                        *rsp.status_mut() = status;
+                        async move { Ok::<_, std::convert::Infallible>(rsp) }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    (addr, seen)
 }
 
 /// A running data plane (outbound and inbound on loopback); stopped when dropped.
