@@ -1,5 +1,12 @@
 //! Wiring only: listeners, the xDS client, the data plane and the admin server, started in
-//! that order and stopped together. Knows every module; no module knows it.
+//! that order. Knows every module; no module knows it.
+//!
+//! Shutdown is a drain, in this order: the data-plane listeners close (a new connect is
+//! refused), `/ready` turns 503, open connections are asked to finish (HTTP/2 GOAWAY,
+//! `Connection: close` on HTTP/1.1) and get up to `Config::drain`; then the admin server, xDS
+//! and certificate rotation stop. They outlive the listeners on purpose: `/live` must stay 200
+//! and `/ready` report the drain until the exit, and long requests still need config and a
+//! valid certificate.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Lifecycle};
 use crate::identity::{
     CertStore, GrpcCaClient, MeshTls, RetryPolicy, Rotator, TokenFile, Trust, TrustBundle,
 };
@@ -37,7 +44,8 @@ pub struct Config {
     pub outbound_port: u16,
     pub inbound_port: u16,
     pub admin_port: u16,
-    /// How long in-flight requests get to finish on shutdown.
+    /// How long in-flight requests get to finish on shutdown; what is still open then is
+    /// closed.
     pub drain: Duration,
     /// mTLS bootstrap; `None` runs without identity (plaintext, issue 2 behaviour).
     pub identity: Option<IdentityConfig>,
@@ -84,6 +92,18 @@ pub struct DataPlane {
     pub outbound_stats: Arc<ServerStats>,
     pub inbound_stats: Arc<ServerStats>,
     pub connector: Connector,
+    /// One per listener, cancelled once that listener is closed (its accept loop returned).
+    closed: Vec<CancellationToken>,
+}
+
+impl DataPlane {
+    /// Resolves once both listeners are closed, which follows shutdown at once: from then on
+    /// a new connect to either port is refused.
+    pub async fn listeners_closed(&self) {
+        for c in &self.closed {
+            c.cancelled().await;
+        }
+    }
 }
 
 /// What the data plane needs besides its listeners.
@@ -113,12 +133,14 @@ pub fn spawn_data_plane(
             .map(|t| t as Arc<dyn crate::transport::MeshClientTls>),
         Some(params.metrics.clone()),
     );
+    let (outbound_closed, inbound_closed) = (CancellationToken::new(), CancellationToken::new());
     let dp = DataPlane {
         outbound_addr: outbound.local_addr()?,
         inbound_addr: inbound.local_addr()?,
         outbound_stats: Arc::default(),
         inbound_stats: Arc::default(),
         connector: connector.clone(),
+        closed: vec![outbound_closed.clone(), inbound_closed.clone()],
     };
     let out = Arc::new(Outbound {
         snapshot: params.snapshot.clone(),
@@ -141,14 +163,20 @@ pub fn spawn_data_plane(
         metrics: params.metrics,
         app_address: params.app_address,
     });
-    tracker.spawn(transport::serve(
+    // The guards fire when the accept loops return, and the listeners are dropped before
+    // that: whoever waits on `closed` knows the ports refuse connections.
+    let serve_out = transport::serve(
         outbound,
         out,
         dp.outbound_stats.clone(),
         shutdown.clone(),
         tracker.clone(),
-    ));
-    tracker.spawn(transport::serve_tls(
+    );
+    tracker.spawn(async move {
+        let _closed = outbound_closed.drop_guard();
+        serve_out.await;
+    });
+    let serve_in = transport::serve_tls(
         inbound,
         inb,
         accept,
@@ -156,14 +184,26 @@ pub fn spawn_data_plane(
         shutdown.clone(),
         tracker.clone(),
         transport::ServerTimeouts::default(),
-    ));
+    );
+    tracker.spawn(async move {
+        let _closed = inbound_closed.drop_guard();
+        serve_in.await;
+    });
     Ok(dp)
 }
 
-/// Runs the whole proxy until `shutdown`, then drains for up to `cfg.drain`.
+/// Runs the whole proxy until `shutdown` (SIGTERM, or `POST /quitquitquit`, which cancels
+/// it too), then drains for up to `cfg.drain` and returns.
+///
+/// Returning closes what `run` owns (admin, xDS, rotation); connections still open after the
+/// drain time are closed by the caller's runtime ending, as the binary's does at exit.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&cfg).await?;
     let admin_addr = listeners.admin.local_addr().context("admin address")?;
+    // Stops what outlives the drain. The guard also stops it when an error returns early.
+    let exit = CancellationToken::new();
+    let _exit = exit.clone().drop_guard();
+    let lifecycle = Lifecycle::new(shutdown.clone());
 
     let metrics = Arc::new(Metrics::new());
     let snapshot = SharedSnapshot::default();
@@ -173,7 +213,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     });
 
     let ident = match &cfg.identity {
-        Some(ic) => Some(start_identity(ic, &cfg, &snapshot, &metrics, &shutdown)?),
+        Some(ic) => Some(start_identity(ic, &cfg, &snapshot, &metrics, &exit)?),
         None => {
             tracing::warn!(
                 "RUNNING WITHOUT IDENTITY: no --ca-root given, so xDS and the mesh hop are \
@@ -223,7 +263,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // (briefly) for the first certificate, so the control plane can authenticate the stream
     // by it; if the CA is slow, xDS starts without and presents it on its next reconnect.
     let first_cert = ident.as_ref().map(|i| i.tls.store().subscribe());
-    let xds_shutdown = shutdown.clone();
+    let xds_shutdown = exit.clone();
     tokio::spawn(async move {
         if let Some(mut rx) = first_cert {
             let _ =
@@ -232,7 +272,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         client.run(xds_shutdown).await;
     });
 
-    tracker.spawn(admin::serve(
+    // Not tracked: the drain waits for data-plane connections only, and the admin server
+    // has to answer (/ready 503, /live 200) for as long as the drain lasts.
+    let admin_task = tokio::spawn(admin::serve(
         listeners.admin,
         AdminState {
             node_id: cfg.node_id.clone(),
@@ -240,8 +282,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             xds: status_rx,
             metrics,
             cert: ident.as_ref().map(|i| i.tls.store().subscribe()),
+            lifecycle: lifecycle.clone(),
         },
-        shutdown.clone(),
+        exit.clone(),
     ));
 
     eprintln!(
@@ -250,14 +293,44 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     );
 
     shutdown.cancelled().await;
-    tracker.close();
-    if tokio::time::timeout(cfg.drain, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::info!(drain = ?cfg.drain, "drain period over; closing remaining connections");
+    drain(&cfg, &dp, &lifecycle, &tracker).await;
+    exit.cancel();
+    // The admin server's graceful stop waits for its open connections (a probe's kept-alive
+    // one, say); bound it, the process is leaving.
+    let admin_abort = admin_task.abort_handle();
+    if tokio::time::timeout(ADMIN_STOP, admin_task).await.is_err() {
+        admin_abort.abort();
     }
     Ok(())
+}
+
+/// How long the admin server gets to close its connections at exit.
+const ADMIN_STOP: Duration = Duration::from_secs(1);
+
+/// The drain proper, once `shutdown` fired (the data plane has seen it too).
+async fn drain(cfg: &Config, dp: &DataPlane, lifecycle: &Lifecycle, tracker: &TaskTracker) {
+    // The accept loops return at once; only then does `/ready` say so, so a client that saw
+    // the 503 also finds the ports closed.
+    dp.listeners_closed().await;
+    lifecycle.start_draining();
+    // On stderr whatever the log filter, like the "listening" line: tests and operators
+    // synchronise on it.
+    eprintln!(
+        "weft-proxy {}: draining: listeners closed, /ready answers 503; open connections get \
+         up to {:?}",
+        cfg.node_id, cfg.drain
+    );
+    tracker.close();
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(cfg.drain, tracker.wait()).await {
+        Ok(()) => tracing::info!(took = ?started.elapsed(), "drained: every connection closed"),
+        Err(_) => tracing::info!(
+            drain = ?cfg.drain,
+            // The tracker also counts connections' helper tasks; close enough for a log line.
+            still_open = tracker.len(),
+            "drain time over; closing the remaining connections"
+        ),
+    }
 }
 
 /// The identity side of a running proxy.

@@ -1,5 +1,5 @@
-//! The command line: `weft-proxy run` and `weft-proxy init`. Parsing only; `app` and `init`
-//! do the work.
+//! The command line: `weft-proxy run`, `weft-proxy init` and `weft-proxy wait`. Parsing and
+//! process concerns (signals, exit codes) only; `app`, `init` and `admin::wait` do the work.
 //!
 //! Every flag can also come from a `WEFT_*` environment variable, so the same binary is
 //! configured by flags locally and by env in a Kubernetes pod spec.
@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,51 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Install the pod's NAT rules for transparent interception (the init container).
     Init(InitArgs),
+    /// Block until the proxy's /ready answers 200 (hold the app until its sidecar is ready).
+    Wait(WaitArgs),
+}
+
+/// `weft-proxy wait`: exits 0 once the proxy is ready, 1 on timeout.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// The proxy's admin address, host:port; defaults to WEFT_ADDRESS (else 127.0.0.1) and
+    /// WEFT_ADMIN_PORT (else 15020), so it works with the sidecar's own environment.
+    #[arg(long, env = "WEFT_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// How long to wait, e.g. "60s", "500ms", "2m" (a bare number is seconds).
+    #[arg(long, env = "WEFT_WAIT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[arg(long, env = "WEFT_ADDRESS", hide = true)]
+    pub address: Option<IpAddr>,
+    #[arg(long, env = "WEFT_ADMIN_PORT", default_value_t = 15020, hide = true)]
+    pub admin_port: u16,
+}
+
+impl WaitArgs {
+    /// The address to poll.
+    pub fn admin_addr(&self) -> String {
+        self.admin_addr.clone().unwrap_or_else(|| {
+            let ip = self.address.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            std::net::SocketAddr::new(ip, self.admin_port).to_string()
+        })
+    }
+}
+
+/// A duration as people write it: `<n>ms`, `<n>s`, `<n>m`, `<n>h`, or a bare `<n>` seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 5s, 500ms, 2m)"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        u => Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m or h)")),
+    }
 }
 
 /// `weft-proxy init`: the list flags take the syntax of Istio's
@@ -121,9 +167,10 @@ pub struct RunArgs {
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. "info" or "weft_proxy=debug".
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
-    /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 2)]
-    pub drain_seconds: u64,
+    /// How long open connections get to finish after SIGTERM/SIGINT or POST /quitquitquit
+    /// (Istio's terminationDrainDuration), e.g. "5s", "500ms"; then they are closed.
+    #[arg(long, env = "WEFT_DRAIN_TIME", default_value = "5s", value_parser = parse_duration)]
+    pub drain_time: Duration,
     /// PEM root(s) the control plane's certificate chains to (server name "weft-control"),
     /// also the trust bundle until xDS sends one. Without it the proxy runs WITHOUT
     /// identity: plaintext xDS and mesh hop (transitional; to be removed).
@@ -151,7 +198,7 @@ impl RunArgs {
             outbound_port: self.outbound_port,
             inbound_port: self.inbound_port,
             admin_port: self.admin_port,
-            drain: Duration::from_secs(self.drain_seconds),
+            drain: self.drain_time,
             identity: match (&self.ca_root, &self.token_file) {
                 (Some(ca_root), Some(token_file)) => Some(IdentityConfig {
                     ca_root: ca_root.clone(),
@@ -181,6 +228,31 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     match cli.command {
         Command::Init(args) => init_main(&args),
         Command::Run(args) => run(&args),
+        Command::Wait(args) => wait_main(&args),
+    }
+}
+
+fn wait_main(args: &WaitArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft-proxy wait: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = args.admin_addr();
+    match rt.block_on(crate::admin::wait::wait_ready(&addr, args.timeout)) {
+        Ok(()) => {
+            eprintln!("weft-proxy wait: the proxy at {addr} is ready");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weft-proxy wait: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -225,10 +297,31 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     let cfg = args.config();
     let result = rt.block_on(async move {
+        // Handlers go in before anything is bound, so a SIGTERM that arrives during startup
+        // drains like any other instead of killing the process by the default action.
+        let mut signals = Signals::install().context("installing the signal handlers")?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        app::run(cfg, shutdown).await
+        let proxy = app::run(cfg, shutdown.clone());
+        tokio::pin!(proxy);
+        tokio::select! {
+            r = proxy.as_mut() => return r,
+            name = signals.next() => {
+                tracing::info!(signal = name, "shutting down: draining");
+                shutdown.cancel();
+            }
+        }
+        // A second signal skips the rest of the drain: the operator insists.
+        tokio::select! {
+            r = proxy => r,
+            name = signals.next() => {
+                eprintln!("weft-proxy: second {name}: exiting without waiting for the drain");
+                Ok(())
+            }
+        }
     });
+    // Whatever is still running (connections past the drain time, a blocking DNS lookup) is
+    // abandoned rather than waited for: the drain time is the promise.
+    rt.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -238,28 +331,45 @@ fn run(args: &RunArgs) -> ExitCode {
     }
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// SIGTERM (what the kubelet sends) and SIGINT (Ctrl-C), registered once.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
-    tracing::info!("shutting down: draining");
-    shutdown.cancel();
 }
 
 #[cfg(test)]
@@ -367,6 +477,63 @@ mod tests {
         let mut half = base.to_vec();
         half.extend(["--ca-root", "/r.pem"]);
         assert!(parse(&half).is_err(), "--ca-root needs --token-file");
+    }
+
+    #[test]
+    fn drain_time_flag_and_default() {
+        let base = [
+            "run",
+            "--node-id",
+            "a.b",
+            "--address",
+            "127.0.0.3",
+            "--xds-addr",
+            "x:1",
+        ];
+        let Command::Run(a) = parse(&base).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(a.config().drain, Duration::from_secs(5), "Istio's default");
+        let mut args = base.to_vec();
+        args.extend(["--drain-time", "750ms"]);
+        let Command::Run(a) = parse(&args).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(a.config().drain, Duration::from_millis(750));
+        let mut bad = base.to_vec();
+        bad.extend(["--drain-time", "5 parsecs"]);
+        assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("7s"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1s", "1.5s", "3d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wait_flags() {
+        let Command::Wait(a) =
+            parse(&["wait", "--admin-addr", "10.0.0.5:15020", "--timeout", "3s"])
+                .unwrap()
+                .command
+        else {
+            panic!("not wait")
+        };
+        assert_eq!(a.admin_addr(), "10.0.0.5:15020");
+        assert_eq!(a.timeout, Duration::from_secs(3));
+        let Command::Wait(a) = parse(&["wait", "--admin-port", "1"]).unwrap().command else {
+            panic!("not wait")
+        };
+        assert_eq!(a.admin_addr(), "127.0.0.1:1");
+        assert_eq!(a.timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -31,8 +31,9 @@ pub(crate) const PROXY_ADMIN_PORT: u16 = 15020;
 
 /// How long a component may take to report ready before `up` gives up on it.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a component may take to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a component may take to exit after SIGTERM before it is killed: longer than the
+/// sidecars' default drain time (5s), so a drain is never cut short by `up` itself.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct UpArgs {

@@ -1,13 +1,19 @@
-//! The admin listener (15020): health for the orchestrator, metrics for Prometheus, and the
-//! config dump that `weftctl proxy-config` reads. Off the data path, so it may take its time.
+//! The admin listener (15020): health for the orchestrator, metrics for Prometheus, the
+//! config dump that `weftctl proxy-config` reads, and `POST /quitquitquit` (drain and exit,
+//! as SIGTERM; for Jobs). Off the data path, so it may take its time.
+//!
+//! It binds the workload's address like the other listeners, so it is reachable by anything
+//! that can reach the pod: it must not be exposed beyond the pod (no Service port for it).
+//! `/quitquitquit` is refused (403) unless the caller is inside the pod, as Istio's
+//! pilot-agent does; the read-only endpoints stay open for the kubelet and Prometheus.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -17,6 +23,11 @@ use crate::identity::{CertInfo, Certified};
 use crate::model::{Cluster, Inbound, Mesh, Service, SharedSnapshot};
 use crate::telemetry::Metrics;
 use crate::xds::XdsStatus;
+
+mod lifecycle;
+pub mod wait;
+
+pub use lifecycle::{AdminPeer, Lifecycle};
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -28,6 +39,8 @@ pub struct AdminState {
     /// The proxy's certificate; `None` when it runs without identity (then `/ready` does not
     /// wait for one).
     pub cert: Option<watch::Receiver<Option<Arc<Certified>>>>,
+    /// Draining or not (for `/ready`), and the quit request of `/quitquitquit`.
+    pub lifecycle: Lifecycle,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -36,12 +49,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/live", get(|| async { "live\n" }))
         .route("/config_dump", get(config_dump))
         .route("/metrics", get(metrics))
+        // POST only: a quit must never be one stray GET (a browser, a crawler) away.
+        .route("/quitquitquit", post(quit))
         .with_state(state)
 }
 
-/// Serves the admin router until `shutdown`.
+/// Serves the admin router until `shutdown`. `app::run` keeps it up through the drain, so
+/// `/live` stays 200 and `/ready` reports the drain until the process exits.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<AdminPeer>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -51,6 +67,13 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
+    if s.lifecycle.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining (shutting down; new connections are refused)\n",
+        )
+            .into_response();
+    }
     let status = s.xds.borrow().clone();
     let no_cert = s.cert.as_ref().is_some_and(|c| c.borrow().is_none());
     if status.complete && !no_cert {
@@ -76,6 +99,28 @@ async fn ready(State(s): State<AdminState>) -> Response {
         );
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
+}
+
+/// `POST /quitquitquit`: drain and exit, exactly as SIGTERM. For Jobs, whose main container
+/// calls it when done so the pod can complete. Answers before the drain starts; the caller
+/// can watch `/ready` turn 503 (the listeners are then closed).
+async fn quit(State(s): State<AdminState>, extensions: axum::http::Extensions) -> Response {
+    // No connection info (a router driven without a listener) is treated as remote: refusing
+    // is the safe side of a check that guards a kill switch.
+    let peer = extensions.get::<ConnectInfo<AdminPeer>>().map(|c| c.0);
+    let Some(peer) = peer.filter(AdminPeer::is_local) else {
+        return (
+            StatusCode::FORBIDDEN,
+            "quitquitquit is only accepted from inside the pod (loopback or the pod's own \
+             address)\n",
+        )
+            .into_response();
+    };
+    if !s.lifecycle.quit_requested() {
+        tracing::info!(from = %peer.remote, "quit requested on the admin port: draining");
+    }
+    s.lifecycle.quit();
+    (StatusCode::OK, "OK: draining\n").into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -35,6 +35,7 @@ fn mk_admin() -> Admin {
             xds: rx,
             metrics: Arc::new(Metrics::new()),
             cert: None,
+            lifecycle: Lifecycle::default(),
         },
         xds,
     }
@@ -64,6 +65,7 @@ fn mk_service(name: &str) -> Service {
         http: vec![],
         tcp: vec![],
         origin: String::new(),
+        addresses: vec![],
     }
 }
 
@@ -163,4 +165,66 @@ async fn ready_waits_for_a_certificate_and_the_dump_shows_it_without_the_key() {
     assert!(dump.contains(id) && dump.contains(&serial), "{dump}");
     assert!(dump.contains("not_after"), "{dump}");
     assert!(!dump.contains("PRIVATE KEY"), "{dump}");
+}
+
+async fn send(state: &AdminState, req: Request<Body>) -> (StatusCode, String) {
+    let rsp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn quit_from(remote: &str, local: &str) -> Request<Body> {
+    let mut req = Request::post("/quitquitquit").body(Body::empty()).unwrap();
+    req.extensions_mut().insert(ConnectInfo(AdminPeer {
+        remote: remote.parse().unwrap(),
+        local: Some(local.parse().unwrap()),
+    }));
+    req
+}
+
+#[tokio::test]
+async fn ready_answers_503_while_draining_and_live_stays_200() {
+    let a = mk_admin();
+    a.xds.send_modify(|s| {
+        s.complete = true;
+        s.waiting_for.clear();
+    });
+    assert_eq!(get(&a.state, "/ready").await.0, StatusCode::OK);
+    a.state.lifecycle.start_draining();
+    let (status, _, body) = get(&a.state, "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(get(&a.state, "/live").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn quitquitquit_is_post_only_and_from_inside_the_pod_only() {
+    let a = mk_admin();
+    let quit = tokio_util::sync::CancellationToken::new();
+    let mut state = a.state.clone();
+    state.lifecycle = Lifecycle::new(quit.clone());
+
+    let (status, _, _) = get(&state, "/quitquitquit").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Another pod (or node) calling the pod IP: refused.
+    let (status, body) = send(&state, quit_from("10.0.0.9:40000", "10.0.0.5:15020")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // No connection info at all: refused too.
+    let req = Request::post("/quitquitquit").body(Body::empty()).unwrap();
+    assert_eq!(send(&state, req).await.0, StatusCode::FORBIDDEN);
+    assert!(!quit.is_cancelled());
+
+    // The pod itself, by its own address or by loopback (v4, v6, v4-mapped).
+    for (remote, local) in [
+        ("10.0.0.5:40000", "10.0.0.5:15020"),
+        ("127.0.0.1:40000", "127.0.0.1:15020"),
+        ("[::1]:40000", "[::1]:15020"),
+        ("[::ffff:127.0.0.1]:40000", "[::ffff:127.0.0.1]:15020"),
+    ] {
+        let (status, body) = send(&state, quit_from(remote, local)).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "OK: draining\n"));
+    }
+    assert!(quit.is_cancelled(), "the quit request must reach the drain");
 }

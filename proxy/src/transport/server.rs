@@ -1,5 +1,8 @@
 //! Serving HTTP/1.1 and HTTP/2 (prior knowledge) on one port, with CONNECT upgrades, until
-//! shutdown; connections then get a graceful close.
+//! shutdown; connections then get a graceful close: the listener is dropped (new connects are
+//! refused), HTTP/2 connections get a GOAWAY, and HTTP/1.1 responses from then on carry
+//! `Connection: close` before the connection closes, so clients move to another endpoint
+//! instead of sending their next request into a closing socket.
 //!
 //! Every wait on the client is bounded, because both listeners face other processes and a
 //! connection that never sends (or whose peer vanished) would otherwise hold a task and a
@@ -293,10 +296,29 @@ async fn serve_http<H, IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let peer = info.peer;
-    let svc = hyper::service::service_fn(move |req| {
+    let draining = shutdown.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let h = handler.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(h.handle(req, info).await) }
+        let draining = draining.clone();
+        // Upgrades (CONNECT tunnels, 101) keep their connection: `close` would end the tunnel.
+        let may_close =
+            req.version() < http::Version::HTTP_2 && req.method() != http::Method::CONNECT;
+        async move {
+            let mut rsp = h.handle(req, info).await;
+            if may_close
+                && draining.is_cancelled()
+                && rsp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                // hyper closes after this response anyway (graceful shutdown); the header
+                // tells the client beforehand, so its pool does not reuse the connection.
+                rsp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(rsp)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
