@@ -460,6 +460,9 @@ impl Cluster {
                 now,
             )),
         };
+        if previous.is_some_and(|p| p.spec.policy.pool != spec.policy.pool) {
+            runtime.limits.update_limits(&spec.policy.pool);
+        }
         Self {
             spec,
             endpoints,

@@ -32,7 +32,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -76,6 +76,9 @@ pub struct ClusterLimits {
     pub(super) retries: AtomicU64,
     /// Woken (one waiter at a time, oldest first) when a slot is freed.
     slot_freed: Notify,
+    /// The limits of the newest config, once a config update changed them: waiters that
+    /// arrived under older limits look here when woken, so a raised limit lets them in.
+    current: ArcSwapOption<PoolLimits>,
 }
 
 /// A slot for one HTTP request attempt; the slot is freed when this is dropped.
@@ -125,7 +128,7 @@ impl ClusterLimits {
         {
             return Err(Overflow::MaxRequests(max));
         }
-        let slots = limits.request_slots().map(u64::from);
+        let mut slots = limits.request_slots().map(u64::from);
         // Fast path, and the whole path without limits: no queue ahead of us and a free slot.
         if self.pending.load(SeqCst) == 0 && self.try_take_slot(slots) {
             return Ok(self.request_permit());
@@ -148,7 +151,17 @@ impl ClusterLimits {
             }
             freed.await;
             may_take = true;
+            if let Some(newer) = self.current.load().as_deref() {
+                slots = newer.request_slots().map(u64::from);
+            }
         }
+    }
+
+    /// A config update changed this cluster's limits: record them and wake every waiter to
+    /// look again (a raised limit may have room for several; a lowered one lets none in).
+    pub fn update_limits(&self, limits: &PoolLimits) {
+        self.current.store(Some(Arc::new(limits.clone())));
+        self.slot_freed.notify_waiters();
     }
 
     /// Takes a connection slot for one opaque TCP stream, or fails at once past

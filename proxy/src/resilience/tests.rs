@@ -552,6 +552,31 @@ async fn one_slot_one_waiter_then_overflow() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_raised_limit_lets_waiters_in_without_a_release() {
+    let cluster = ClusterLimits::new();
+    let limits = pool(1, 5);
+    let _first = cluster
+        .acquire_request(&limits)
+        .now_or_never()
+        .unwrap()
+        .unwrap();
+    let mut second = Box::pin(cluster.acquire_request(&limits));
+    let mut third = Box::pin(cluster.acquire_request(&limits));
+    assert!(futures::poll!(&mut second).is_pending());
+    assert!(futures::poll!(&mut third).is_pending());
+    // A config push raises maxConnections to 3 while the first request is still running.
+    cluster.update_limits(&pool(3, 5));
+    let std::task::Poll::Ready(Ok(_second)) = futures::poll!(&mut second) else {
+        panic!("the 2nd gets one of the new slots");
+    };
+    let std::task::Poll::Ready(Ok(_third)) = futures::poll!(&mut third) else {
+        panic!("and the 3rd the other");
+    };
+    assert_eq!(cluster.active_requests(), 3);
+    assert_eq!(cluster.pending_requests(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_frees_its_place() {
     let cluster = ClusterLimits::new();
     let limits = pool(1, 1);
