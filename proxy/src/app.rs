@@ -24,7 +24,7 @@ use crate::identity::{
 };
 use crate::inbound::{Inbound, InboundAccept};
 use crate::model::SharedSnapshot;
-use crate::outbound::{Outbound, Workload};
+use crate::outbound::{Outbound, Transparent, Workload};
 use crate::telemetry::Metrics;
 use crate::transport::{self, Connector, ServerStats};
 use crate::xds::{self, Applier, GrpcTransport, Mode, XdsClient, XdsStatus};
@@ -47,6 +47,8 @@ pub struct Config {
     /// How long in-flight requests get to finish on shutdown; what is still open then is
     /// closed.
     pub drain: Duration,
+    /// The bound on protocol detection of intercepted outbound connections.
+    pub detect_timeout: Duration,
     /// mTLS bootstrap; `None` runs without identity (plaintext, issue 2 behaviour).
     pub identity: Option<IdentityConfig>,
 }
@@ -117,11 +119,62 @@ pub struct DataPlaneParams {
     pub tls: Option<Arc<MeshTls>>,
 }
 
+/// How the outbound listener treats redirected (intercepted) connections.
+#[derive(Clone)]
+pub struct Interception {
+    /// Reads a connection's original destination: SO_ORIGINAL_DST in production; tests
+    /// inject their own so interception needs no root.
+    pub orig_dst: Arc<dyn transport::OrigDst>,
+    /// The bound on protocol detection (`--detect-timeout`).
+    pub detect_timeout: Duration,
+    /// Listener addresses of this proxy besides the data plane's (the admin port), for the
+    /// loop guard.
+    pub other_own_addrs: Vec<SocketAddr>,
+}
+
+impl Default for Interception {
+    fn default() -> Self {
+        Self {
+            orig_dst: Arc::new(transport::SoOriginalDst),
+            detect_timeout: crate::outbound::DEFAULT_DETECT_TIMEOUT,
+            other_own_addrs: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Interception {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interception")
+            .field("detect_timeout", &self.detect_timeout)
+            .field("other_own_addrs", &self.other_own_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Starts serving on already-bound listeners; returns at once.
 pub fn spawn_data_plane(
     outbound: TcpListener,
     inbound: TcpListener,
     params: DataPlaneParams,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> std::io::Result<DataPlane> {
+    spawn_data_plane_with(
+        outbound,
+        inbound,
+        params,
+        Interception::default(),
+        shutdown,
+        tracker,
+    )
+}
+
+/// [`spawn_data_plane`] with explicit interception settings.
+pub fn spawn_data_plane_with(
+    outbound: TcpListener,
+    inbound: TcpListener,
+    params: DataPlaneParams,
+    interception: Interception,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<DataPlane> {
@@ -165,12 +218,22 @@ pub fn spawn_data_plane(
     });
     // The guards fire when the accept loops return, and the listeners are dropped before
     // that: whoever waits on `closed` knows the ports refuse connections.
-    let serve_out = transport::serve(
+    let mut own_addrs = vec![dp.outbound_addr, dp.inbound_addr];
+    own_addrs.extend(interception.other_own_addrs);
+    let transparent = Arc::new(Transparent {
+        outbound: out.clone(),
+        detect_timeout: interception.detect_timeout,
+        own_addrs,
+    });
+    let serve_out = transport::serve_intercepting(
         outbound,
         out,
+        transparent,
+        interception.orig_dst,
         dp.outbound_stats.clone(),
         shutdown.clone(),
         tracker.clone(),
+        transport::ServerTimeouts::default(),
     );
     tracker.spawn(async move {
         let _closed = outbound_closed.drop_guard();
@@ -225,7 +288,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
 
     let tracker = TaskTracker::new();
-    let dp = spawn_data_plane(
+    let dp = spawn_data_plane_with(
         listeners.outbound,
         listeners.inbound,
         DataPlaneParams {
@@ -234,6 +297,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             workload: Workload::from_node_id(&cfg.node_id),
             app_address: cfg.app_address,
             tls: ident.as_ref().map(|i| i.tls.clone()),
+        },
+        Interception {
+            detect_timeout: cfg.detect_timeout,
+            other_own_addrs: vec![admin_addr],
+            ..Interception::default()
         },
         &shutdown,
         &tracker,

@@ -171,6 +171,11 @@ pub struct RunArgs {
     /// (Istio's terminationDrainDuration), e.g. "5s", "500ms"; then they are closed.
     #[arg(long, env = "WEFT_DRAIN_TIME", default_value = "5s", value_parser = parse_duration)]
     pub drain_time: Duration,
+    /// How long protocol detection waits for an intercepted client's first bytes before the
+    /// connection is treated as opaque TCP (server-first protocols on undeclared ports), e.g.
+    /// "5s", "500ms".
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
     /// PEM root(s) the control plane's certificate chains to (server name "weft-control"),
     /// also the trust bundle until xDS sends one. Without it the proxy runs WITHOUT
     /// identity: plaintext xDS and mesh hop (transitional; to be removed).
@@ -199,6 +204,7 @@ impl RunArgs {
             inbound_port: self.inbound_port,
             admin_port: self.admin_port,
             drain: self.drain_time,
+            detect_timeout: self.detect_timeout,
             identity: match (&self.ca_root, &self.token_file) {
                 (Some(ca_root), Some(token_file)) => Some(IdentityConfig {
                     ca_root: ca_root.clone(),
@@ -503,6 +509,32 @@ mod tests {
         let mut bad = base.to_vec();
         bad.extend(["--drain-time", "5 parsecs"]);
         assert!(parse(&bad).is_err());
+    }
+
+    #[test]
+    fn detect_timeout_flag_and_default() {
+        let base = [
+            "run",
+            "--node-id",
+            "a.b",
+            "--address",
+            "127.0.0.3",
+            "--xds-addr",
+            "x:1",
+        ];
+        let Command::Run(a) = parse(&base).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            a.config().detect_timeout,
+            crate::outbound::DEFAULT_DETECT_TIMEOUT
+        );
+        let mut args = base.to_vec();
+        args.extend(["--detect-timeout", "250ms"]);
+        let Command::Run(a) = parse(&args).unwrap().command else {
+            panic!("not run")
+        };
+        assert_eq!(a.config().detect_timeout, Duration::from_millis(250));
     }
 
     #[test]

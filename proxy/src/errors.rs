@@ -56,6 +56,9 @@ pub enum ErrorKind {
     /// process the request (503 as an error kind; after the retry loop the response carries
     /// the `upstream_reset` reason and its status).
     UpstreamRefusedStream,
+    /// Intercepted traffic to a destination no service has, under `outboundTrafficPolicy:
+    /// REGISTRY_ONLY` (502, `registry_only(<ip:port>)`).
+    RegistryOnly,
 }
 
 /// Who is to blame, for logs and (later) retry and breaker decisions.
@@ -104,6 +107,7 @@ impl ErrorKind {
             Self::UpstreamOverflow => "upstream-overflow",
             Self::UpstreamConnectTimeout => "upstream-connect-timeout",
             Self::UpstreamRefusedStream => "upstream-refused-stream",
+            Self::RegistryOnly => "registry-only",
         }
     }
 
@@ -128,6 +132,7 @@ impl ErrorKind {
             Self::UpstreamOverflow => "upstream_overflow",
             Self::UpstreamConnectTimeout => "connect_timeout",
             Self::UpstreamRefusedStream => "upstream_reset",
+            Self::RegistryOnly => "registry_only",
         }
     }
 
@@ -147,7 +152,7 @@ impl ErrorKind {
             | Self::UpstreamRefusedStream => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::MtlsRequired | Self::MtlsDisabled => StatusCode::FORBIDDEN,
-            Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::UpstreamReset | Self::RegistryOnly => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -157,7 +162,8 @@ impl ErrorKind {
             Self::NoRoute
             | Self::NoCluster
             | Self::PortNotServed
-            | Self::UpstreamTlsUnsupported => Origin::Policy,
+            | Self::UpstreamTlsUnsupported
+            | Self::RegistryOnly => Origin::Policy,
             Self::NoHealthyUpstream
             | Self::UpstreamConnectFailed
             | Self::UpstreamReset

@@ -201,6 +201,7 @@ async fn the_proxy_gets_a_certificate_and_presents_it_to_xds() {
         inbound_port: free_port(),
         admin_port,
         drain: Duration::from_millis(100),
+        detect_timeout: weft_proxy::outbound::DEFAULT_DETECT_TIMEOUT,
         identity: Some(IdentityConfig {
             ca_root,
             token_file,

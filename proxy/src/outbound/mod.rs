@@ -10,6 +10,10 @@
 //! CONNECT goes: authority -> `routing::select_tcp` -> endpoint -> HTTP/2 CONNECT to the
 //! peer proxy, or TCP -> bytes spliced both ways.
 //!
+//! With interception (`transparent`), a redirected connection is detected first: HTTP goes
+//! through the same handler and attempt loop with the service chosen by the original
+//! destination ([`Select::ByAddr`]), opaque TCP through the same tunnel as CONNECT.
+//!
 //! Every response the proxy makes up carries `x-weft-reason` (see `resilience::Reason` and
 //! `errors`), and every request ends with one access-log event (target `weft::access`).
 
@@ -24,8 +28,11 @@ use tokio::time::Instant;
 use crate::balance::{self, HashInput, InFlight, Outcome, PickCtx};
 use crate::body::{self, Body};
 use crate::errors::{ErrorKind, ProxyError};
-use crate::model::{Cluster, Endpoint, SharedSnapshot, SimpleTls, Snapshot, UpstreamTlsMode};
+use crate::model::{
+    Cluster, Endpoint, OutboundTrafficPolicy, SharedSnapshot, SimpleTls, Snapshot, UpstreamTlsMode,
+};
 use crate::replay::{DEFAULT_REPLAY_LIMIT, ReplayBody};
+use crate::resilience::ConnectionPermit;
 use crate::resilience::{
     self, AttemptOutcome, CompactDuration, Reason, RetryPolicy, RetryState, RetryStep, RetryStop,
     TimeoutKind,
@@ -168,9 +175,29 @@ pub fn choose_hop(joined: &Cluster, ep: &Endpoint, have_identity: bool) -> Resul
     ))
 }
 
+/// How the service of an HTTP request is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// By the request's authority (the app uses this listener as an explicit proxy).
+    ByHost,
+    /// Intercepted: by the connection's original destination, then (no service has that
+    /// address) by the Host header's service if it serves that port, else the mesh's
+    /// outbound traffic policy decides. The request's own authority is kept for the upstream
+    /// and for route matching; the port matched is the original destination's.
+    ByAddr(SocketAddr),
+}
+
+/// The service name that metrics and the access log give traffic passed through to a
+/// destination the mesh does not know (ALLOW_ANY), as Istio names its cluster for it.
+pub(crate) const PASSTHROUGH: &str = "PassthroughCluster";
+
+/// What keeps an opaque TCP stream counted against its cluster: the connection-pool slot and
+/// the endpoint's load, released when the stream ends.
+pub(crate) type TcpHeld = (ConnectionPermit, Option<InFlight>);
+
 /// Metric and access-log facts gathered along the way.
 #[derive(Default)]
-struct Dest {
+pub(crate) struct Dest {
     service: String,
     workload: String,
     subset: String,
@@ -195,10 +222,15 @@ impl Handler for Outbound {
         let grpc = crate::errors::is_grpc(req.headers());
         let method = req.method().clone();
         let target = req.uri().clone();
+        // Interception sets the original destination; CONNECT names its own target.
+        let select = match conn.orig_dst {
+            Some(dst) => Select::ByAddr(dst),
+            None => Select::ByHost,
+        };
         let rsp = if method == Method::CONNECT {
             self.connect(&snapshot, req, &conn, &mut dest).await
         } else {
-            self.http(&snapshot, req, &conn, &mut dest).await
+            self.http(&snapshot, req, &conn, select, &mut dest).await
         };
         let rsp = rsp.unwrap_or_else(|e| {
             tracing::debug!(error = %e, kind = e.kind.code(), "outbound request failed");
@@ -319,6 +351,7 @@ impl Outbound {
         snapshot: &Snapshot,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        select: Select,
         dest: &mut Dest,
     ) -> Result<Response<Body>, ProxyError> {
         let proto = if req.version() == Version::HTTP_2 {
@@ -326,8 +359,21 @@ impl Outbound {
         } else {
             AppProtocol::Http1
         };
-        let authority = request_authority(&req)?;
-        let (host, port) = routing::parse_authority(&authority, 80)?;
+        let authority = match (request_authority(&req), select) {
+            (Ok(a), _) => a,
+            // An intercepted HTTP/1.0 request may name no host: the address it went to does.
+            (Err(_), Select::ByAddr(dst)) => dst.to_string(),
+            (Err(e), Select::ByHost) => return Err(e),
+        };
+        let (host, port) = match select {
+            Select::ByHost => routing::parse_authority(&authority, 80)?,
+            // The port the app connected to, whatever the Host header says (it often names
+            // none: `Host: reviews` on a connection to 10.0.0.7:9080).
+            Select::ByAddr(dst) => (
+                routing::parse_authority(&authority, dst.port())?.0,
+                dst.port(),
+            ),
+        };
         let view = RequestView {
             method: req.method(),
             scheme: req.uri().scheme_str().unwrap_or("http"),
@@ -337,7 +383,22 @@ impl Outbound {
             query: req.uri().query(),
             headers: req.headers(),
         };
-        let decision = routing::select_http(snapshot, host, &view, &mut rand::rng())?;
+        let decision = match select {
+            Select::ByHost => routing::select_http(snapshot, host, &view, &mut rand::rng())?,
+            Select::ByAddr(dst) => {
+                let service = snapshot
+                    .service_for_addr(dst.ip(), dst.port())
+                    .or_else(|| snapshot.service_for_host(host).filter(|s| s.has_port(port)));
+                match service {
+                    Some(svc) => routing::select_http_in(snapshot, svc, &view, &mut rand::rng())?,
+                    None => {
+                        return self
+                            .passthrough_http(snapshot, req, &authority, dst, proto, dest)
+                            .await;
+                    }
+                }
+            }
+        };
         let route = decision.route();
         let cluster = &decision.cluster;
         dest.service = decision.service.name.clone();
@@ -649,6 +710,42 @@ impl Outbound {
         }
     }
 
+    /// An intercepted request to a destination no service has: sent on unchanged to `dst`
+    /// as plain HTTP under ALLOW_ANY, refused (502 `registry_only(<dst>)`) under REGISTRY_ONLY.
+    /// No retries, faults or limits: no config governs the destination.
+    async fn passthrough_http(
+        &self,
+        snapshot: &Snapshot,
+        req: Request<Incoming>,
+        authority: &str,
+        dst: SocketAddr,
+        proto: AppProtocol,
+        dest: &mut Dest,
+    ) -> Result<Response<Body>, ProxyError> {
+        if snapshot.outbound_traffic_policy() == OutboundTrafficPolicy::RegistryOnly {
+            self.metrics.outbound_refused("registry_only");
+            tracing::info!(%dst, host = authority, "refused: no service has this address and \
+                the outbound traffic policy is REGISTRY_ONLY");
+            return Err(registry_only(dst));
+        }
+        dest.service = PASSTHROUGH.to_string();
+        dest.endpoint = Some(dst);
+        dest.attempts = 1;
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::try_from(format!("http://{authority}{pq}")).map_err(|e| {
+            ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
+        })?;
+        let up = Request::from_parts(parts, body::boxed(body));
+        // No DestinationRule governs an unknown destination: the proxy's default dial settings.
+        let rsp = self
+            .connector
+            .http_request(dst, proto, self.connector.local_profile(), up)
+            .await?;
+        Ok(relay_response(rsp))
+    }
+
     async fn connect(
         &self,
         snapshot: &Snapshot,
@@ -671,6 +768,25 @@ impl Outbound {
             ));
         }
         let decision = routing::select_tcp(snapshot, host, port, &mut rand::rng())?;
+        let (upstream, held, addr) = self.open_tcp(&decision, conn, dest).await?;
+        tokio::spawn(async move {
+            // The connection counts against the pool and the endpoint's load until it ends.
+            let _held = held;
+            splice_upgrade(req, upstream, addr).await;
+        });
+        Ok(Response::new(body::empty()))
+    }
+
+    /// The upstream of an opaque TCP stream (CONNECT, or intercepted TCP) routed by
+    /// `decision`: an endpoint picked, a connection-pool slot taken, and the tunnel open (mesh
+    /// hop to the peer proxy, plain TCP, or originated TLS). Connecting before answering
+    /// CONNECT makes a failure a readable 503 instead of a dead tunnel.
+    pub(crate) async fn open_tcp(
+        &self,
+        decision: &routing::TcpDecision,
+        conn: &ConnInfo,
+        dest: &mut Dest,
+    ) -> Result<(Tunnel, TcpHeld, SocketAddr), ProxyError> {
         let cluster = &decision.cluster;
         dest.service = decision
             .service
@@ -731,13 +847,7 @@ impl Outbound {
                 return Err(e);
             }
         };
-        let addr = ep.addr;
-        tokio::spawn(async move {
-            // The connection counts against the pool and the endpoint's load until it ends.
-            let _held = (permit, in_flight);
-            splice_upgrade(req, upstream, addr).await;
-        });
-        Ok(Response::new(body::empty()))
+        Ok((upstream, (permit, in_flight), ep.addr))
     }
 }
 
@@ -823,6 +933,18 @@ fn overflow(cluster: &Cluster, o: resilience::Overflow) -> ProxyError {
     .with_reason(Reason::UpstreamOverflow(o))
 }
 
+/// 502 for an intercepted request to an unknown destination under REGISTRY_ONLY.
+fn registry_only(dst: SocketAddr) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::RegistryOnly,
+        format!(
+            "no service of the mesh has the address {dst}, and the mesh's outbound traffic \
+             policy is REGISTRY_ONLY: the request was not sent"
+        ),
+    )
+    .with_reason(Reason::RegistryOnly(dst))
+}
+
 /// 504 for a request whose route timeout expired.
 fn route_timeout(timeout: std::time::Duration) -> ProxyError {
     ProxyError::new(
@@ -884,6 +1006,10 @@ pub(crate) async fn splice_upgrade(req: Request<Incoming>, mut upstream: Tunnel,
         tracing::debug!(%to, error = %e, "tunnel ended with an error");
     }
 }
+
+mod transparent;
+
+pub use transparent::{DEFAULT_DETECT_TIMEOUT, Transparent};
 
 #[cfg(test)]
 mod tests;

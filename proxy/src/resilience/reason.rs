@@ -52,6 +52,9 @@ pub enum Reason {
     /// `upstream_reset`, 502: the upstream reset the stream or closed the connection before
     /// the response headers (HTTP/2 REFUSED_STREAM included), and no retry followed.
     UpstreamReset,
+    /// `registry_only(<ip:port>)`, 502: an intercepted request to an address no service has,
+    /// refused because the mesh's `outboundTrafficPolicy` is REGISTRY_ONLY.
+    RegistryOnly(std::net::SocketAddr),
 }
 
 /// Which endpoints were missing, for [`Reason::NoHealthyEndpoints`].
@@ -75,6 +78,7 @@ impl Reason {
             Self::ConnectTimeout(_) => "connect_timeout",
             Self::ConnectFailure => "connect_failure",
             Self::UpstreamReset => "upstream_reset",
+            Self::RegistryOnly(_) => "registry_only",
         }
     }
 
@@ -86,7 +90,7 @@ impl Reason {
             | Self::NoHealthyEndpoints(_)
             | Self::ConnectTimeout(_)
             | Self::ConnectFailure => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Self::UpstreamReset | Self::RegistryOnly(_) => StatusCode::BAD_GATEWAY,
             Self::FaultAbort(kind) => kind.http_status(),
         }
     }
@@ -121,6 +125,7 @@ impl fmt::Display for Reason {
             Self::ConnectTimeout(d) => write!(f, "connect_timeout({})", CompactDuration(*d)),
             Self::ConnectFailure => f.write_str("connect_failure"),
             Self::UpstreamReset => f.write_str("upstream_reset"),
+            Self::RegistryOnly(dst) => write!(f, "registry_only({dst})"),
         }
     }
 }

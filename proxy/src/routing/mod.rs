@@ -7,7 +7,7 @@ mod select;
 pub use matches::{RequestView, match_route};
 pub use select::{
     HttpDecision, TcpDecision, parse_authority, pick_endpoint, pick_weighted, select_http,
-    select_tcp,
+    select_http_in, select_tcp, select_tcp_in,
 };
 
 #[cfg(test)]

@@ -73,6 +73,16 @@ pub fn select_http(
     rng: &mut impl rand::Rng,
 ) -> Result<HttpDecision, ProxyError> {
     let service = service_for(snapshot, host, req.port)?;
+    select_http_in(snapshot, service, req, rng)
+}
+
+/// [`select_http`] once the service is known (intercepted traffic: by original destination).
+pub fn select_http_in(
+    snapshot: &Snapshot,
+    service: &Arc<Service>,
+    req: &RequestView<'_>,
+    rng: &mut impl rand::Rng,
+) -> Result<HttpDecision, ProxyError> {
     let route_idx = match_route(service, req).ok_or_else(|| {
         ProxyError::new(
             ErrorKind::NoRoute,
@@ -112,6 +122,16 @@ pub fn select_tcp(
     rng: &mut impl rand::Rng,
 ) -> Result<TcpDecision, ProxyError> {
     let service = service_for(snapshot, host, port)?;
+    select_tcp_in(snapshot, service, port, rng)
+}
+
+/// [`select_tcp`] once the service is known (intercepted traffic: by original destination).
+pub fn select_tcp_in(
+    snapshot: &Snapshot,
+    service: &Arc<Service>,
+    port: u16,
+    rng: &mut impl rand::Rng,
+) -> Result<TcpDecision, ProxyError> {
     let route = service
         .tcp
         .iter()

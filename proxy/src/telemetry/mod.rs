@@ -49,6 +49,11 @@ struct DetectLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +64,7 @@ pub struct Metrics {
     cert_expiry: Gauge,
     cert_rotations: Family<ResultLabels, Counter>,
     protocol_detect: Family<DetectLabels, Counter>,
+    outbound_refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,8 +119,16 @@ impl Metrics {
              tls_app, opaque, timeout, skipped)",
             protocol_detect.clone(),
         );
+        let outbound_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "weft_outbound_refused",
+            "Intercepted outbound connections and requests refused, by reason (registry_only: \
+             unknown destination under REGISTRY_ONLY; loop: the destination is this proxy)",
+            outbound_refused.clone(),
+        );
         Self {
             registry,
+            outbound_refused,
             requests,
             xds_updates,
             xds_connected,
@@ -168,6 +182,13 @@ impl Metrics {
             .get_or_create(&DetectLabels {
                 outcome: outcome.as_str(),
             })
+            .inc();
+    }
+
+    /// An intercepted connection or request was refused for `reason` (`registry_only`, `loop`).
+    pub fn outbound_refused(&self, reason: &'static str) {
+        self.outbound_refused
+            .get_or_create(&RefusedLabels { reason })
             .inc();
     }
 

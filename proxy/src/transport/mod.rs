@@ -31,8 +31,10 @@ pub use headers::{APP_PROTOCOL_HEADER, DST_PORT_HEADER, strip_hop_by_hop};
 pub use listen::{BindError, bind};
 pub use origin::{check_sans, client_config as origin_client_config};
 pub use profile::{DEFAULT_KEEPALIVE, DialProfile, Keepalive};
+pub(crate) use server::serve_http;
 pub use server::{
-    Admit, ConnInfo, Handler, ServerStats, ServerTimeouts, TlsAccept, serve, serve_tls, serve_with,
+    Admit, BoxFuture, ConnInfo, Handler, Intercepted, OrigDst, ServerStats, ServerTimeouts,
+    SoOriginalDst, TlsAccept, serve, serve_intercepting, serve_tls, serve_with,
 };
 pub(crate) use tls::handshake_signatures;
 pub use tls::{

@@ -10,6 +10,10 @@
 //! between keep-alive requests) get [`ServerTimeouts::header_read`], and HTTP/2 connections
 //! are PINGed so a dead peer is noticed.
 //!
+//! The outbound listener with interception ([`serve_intercepting`]) hands a connection that
+//! has an original destination to its [`Intercepted`] owner before assuming HTTP, since the
+//! app may speak anything there; the lookup is the [`OrigDst`] trait so tests need no root.
+//!
 //! The inbound listener also tells TLS from plaintext by the first byte (a TLS record starts
 //! with 0x16, which no HTTP method does), so PERMISSIVE can serve both on one port. What to do
 //! with each kind is the caller's decision ([`TlsAccept`]); this module only applies it.
@@ -75,6 +79,39 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
+/// Where an accepted connection was originally going (SO_ORIGINAL_DST after an iptables
+/// REDIRECT). A trait so tests can intercept without root: they map a client's address to a
+/// destination of their choice, and everything after this lookup is the production path.
+pub trait OrigDst: Send + Sync + 'static {
+    /// `None`: the connection was not redirected (local mode).
+    fn orig_dst(&self, stream: &TcpStream) -> Option<SocketAddr>;
+}
+
+/// The real lookup: the socket option, on Linux.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SoOriginalDst;
+
+impl OrigDst for SoOriginalDst {
+    fn orig_dst(&self, stream: &TcpStream) -> Option<SocketAddr> {
+        original_dst(stream)
+    }
+}
+
+/// A boxed future, for the object-safe [`Intercepted`].
+pub type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Takes over a plaintext connection that iptables redirected (`info.orig_dst` is set), before
+/// any HTTP is assumed: the outbound side detects the protocol and may splice raw bytes.
+pub trait Intercepted: Send + Sync + 'static {
+    fn serve_intercepted(
+        self: Arc<Self>,
+        stream: TcpStream,
+        info: ConnInfo,
+        shutdown: CancellationToken,
+        timeouts: ServerTimeouts,
+    ) -> BoxFuture;
+}
+
 /// Counters about a listener (tests use `accepted` to check connection reuse).
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -138,6 +175,55 @@ pub async fn serve_with<H: Handler>(
     serve_inner(listener, handler, None, stats, shutdown, tracker, timeouts).await;
 }
 
+/// [`serve_with`] for the outbound listener with interception: a connection whose original
+/// destination (`orig`) is set and differs from the listener goes to `intercepted`; the others
+/// (local mode: the app uses the listener as an explicit proxy) are served as HTTP as before.
+#[allow(clippy::too_many_arguments)] // each is a distinct piece of wiring
+pub async fn serve_intercepting<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    intercepted: Arc<dyn Intercepted>,
+    orig: Arc<dyn OrigDst>,
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    timeouts: ServerTimeouts,
+) {
+    while let Some((stream, peer)) = accept_next(&listener, &shutdown).await {
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let local = stream.local_addr().unwrap_or(peer);
+        // A REDIRECT to ourselves reports the listener itself as the original destination when
+        // nothing was redirected; that is local mode, not interception.
+        match orig.orig_dst(&stream).filter(|d| *d != local) {
+            Some(dst) => {
+                let _ = stream.set_nodelay(true);
+                let info = ConnInfo {
+                    peer,
+                    local,
+                    orig_dst: Some(dst),
+                    tls: false,
+                    peer_identity: None,
+                };
+                tracker.spawn(intercepted.clone().serve_intercepted(
+                    stream,
+                    info,
+                    shutdown.clone(),
+                    timeouts,
+                ));
+            }
+            None => {
+                tracker.spawn(serve_plain(
+                    stream,
+                    peer,
+                    handler.clone(),
+                    shutdown.clone(),
+                    timeouts,
+                ));
+            }
+        }
+    }
+}
+
 /// [`serve_with`] for a listener that also speaks TLS, as `accept` decides per connection.
 pub async fn serve_tls<H: Handler>(
     listener: TcpListener,
@@ -160,6 +246,26 @@ pub async fn serve_tls<H: Handler>(
     .await;
 }
 
+/// The next accepted connection, or `None` once `shutdown` fires.
+async fn accept_next(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.cancelled() => return None,
+        }
+    }
+}
+
 async fn serve_inner<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -169,19 +275,7 @@ async fn serve_inner<H: Handler>(
     tracker: TaskTracker,
     timeouts: ServerTimeouts,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Usually EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+    while let Some((stream, peer)) = accept_next(&listener, &shutdown).await {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         tracker.spawn(serve_conn(
             stream,
@@ -285,7 +379,7 @@ async fn serve_plain<H: Handler>(
 }
 
 /// HTTP/1.1 or HTTP/2 on an established (plain or TLS) connection, until it ends or shutdown.
-async fn serve_http<H, IO>(
+pub(crate) async fn serve_http<H, IO>(
     io: TokioIo<IO>,
     info: ConnInfo,
     handler: Arc<H>,
