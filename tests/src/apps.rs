@@ -175,6 +175,16 @@ async fn serve_http(addr: SocketAddr, name: &str, call: Option<Call>) -> App {
     let listener = TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("app {name} cannot listen on {addr}: {e}"));
+    serve_http_on(listener, name, call)
+}
+
+/// [`http`] on a listener the caller made (e.g. inside a network namespace).
+pub fn http_on(listener: TcpListener, name: &str) -> App {
+    serve_http_on(listener, name, None)
+}
+
+fn serve_http_on(listener: TcpListener, name: &str, call: Option<Call>) -> App {
+    let addr = listener.local_addr().expect("listener address");
     let requests = Arc::new(AtomicU64::new(0));
     let control = Arc::new(Control::default());
     let state = Arc::new(HttpState {
@@ -391,6 +401,12 @@ pub async fn grpc(addr: SocketAddr, name: &str) -> App {
     let listener = TcpListener::bind(addr)
         .await
         .unwrap_or_else(|e| panic!("grpc app cannot listen on {addr}: {e}"));
+    grpc_on(listener, name)
+}
+
+/// [`grpc`] on a listener the caller made (e.g. inside a network namespace).
+pub fn grpc_on(listener: TcpListener, name: &str) -> App {
+    let addr = listener.local_addr().expect("listener address");
     let requests = Arc::new(AtomicU64::new(0));
     let svc = echo::echo_server::EchoServer::new(EchoService {
         name: name.to_string(),

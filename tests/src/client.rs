@@ -54,6 +54,14 @@ pub struct H1 {
 impl H1 {
     pub async fn connect(target: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(target).await?;
+        Self::over(stream).await
+    }
+
+    /// An HTTP/1.1 connection over a stream the caller opened (e.g. inside a network
+    /// namespace). Should it close, the next request reconnects to its peer address from
+    /// the test's own namespace, so use it for one connection's worth of requests.
+    pub async fn over(stream: TcpStream) -> anyhow::Result<Self> {
+        let target = stream.peer_addr()?;
         stream.set_nodelay(true)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -96,6 +104,11 @@ pub struct H2 {
 impl H2 {
     pub async fn connect(target: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(target).await?;
+        Self::over(stream).await
+    }
+
+    /// An h2c connection over a stream the caller opened.
+    pub async fn over(stream: TcpStream) -> anyhow::Result<Self> {
         stream.set_nodelay(true)?;
         let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
         tokio::spawn(async move {

@@ -13,6 +13,7 @@
 pub mod apps;
 pub mod client;
 pub mod mesh;
+pub mod netns;
 pub mod procs;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
