@@ -22,7 +22,7 @@ use crate::admin::{self, AdminState, Lifecycle};
 use crate::identity::{
     CertStore, GrpcCaClient, MeshTls, RetryPolicy, Rotator, TokenFile, Trust, TrustBundle,
 };
-use crate::inbound::{Inbound, InboundAccept};
+use crate::inbound::{Inbound, InboundAccept, InboundIntercepted};
 use crate::model::SharedSnapshot;
 use crate::outbound::{Outbound, Transparent, Workload};
 use crate::telemetry::Metrics;
@@ -47,7 +47,7 @@ pub struct Config {
     /// How long in-flight requests get to finish on shutdown; what is still open then is
     /// closed.
     pub drain: Duration,
-    /// The bound on protocol detection of intercepted outbound connections.
+    /// The bound on protocol detection of intercepted connections (both listeners).
     pub detect_timeout: Duration,
     /// mTLS bootstrap; `None` runs without identity (plaintext, issue 2 behaviour).
     pub identity: Option<IdentityConfig>,
@@ -119,13 +119,13 @@ pub struct DataPlaneParams {
     pub tls: Option<Arc<MeshTls>>,
 }
 
-/// How the outbound listener treats redirected (intercepted) connections.
+/// How both listeners treat redirected (intercepted) connections.
 #[derive(Clone)]
 pub struct Interception {
     /// Reads a connection's original destination: SO_ORIGINAL_DST in production; tests
     /// inject their own so interception needs no root.
     pub orig_dst: Arc<dyn transport::OrigDst>,
-    /// The bound on protocol detection (`--detect-timeout`).
+    /// The bound on protocol detection (`--detect-timeout`), outbound and inbound.
     pub detect_timeout: Duration,
     /// Listener addresses of this proxy besides the data plane's (the admin port), for the
     /// loop guard.
@@ -216,6 +216,11 @@ pub fn spawn_data_plane_with(
         metrics: params.metrics,
         app_address: params.app_address,
     });
+    let inb_intercepted = Arc::new(InboundIntercepted {
+        inbound: inb.clone(),
+        accept: accept.clone(),
+        detect_timeout: interception.detect_timeout,
+    });
     // The guards fire when the accept loops return, and the listeners are dropped before
     // that: whoever waits on `closed` knows the ports refuse connections.
     let mut own_addrs = vec![dp.outbound_addr, dp.inbound_addr];
@@ -229,7 +234,7 @@ pub fn spawn_data_plane_with(
         outbound,
         out,
         transparent,
-        interception.orig_dst,
+        interception.orig_dst.clone(),
         dp.outbound_stats.clone(),
         shutdown.clone(),
         tracker.clone(),
@@ -243,6 +248,8 @@ pub fn spawn_data_plane_with(
         inbound,
         inb,
         accept,
+        inb_intercepted,
+        interception.orig_dst,
         dp.inbound_stats.clone(),
         shutdown.clone(),
         tracker.clone(),

@@ -36,7 +36,7 @@ pub use prefixed::PrefixedIo;
 /// The ALPN protocol ID that marks a ClientHello as the mesh hop (proxy to proxy).
 ///
 /// Today the mesh client offers only `h2`, which any application speaking HTTP/2 over TLS
-/// offers too, so `h2` cannot tell the two apart. The mesh client is to offer this ID first
+/// offers too, so `h2` cannot tell the two apart. The mesh client offers this ID first
 /// and `h2` second (`["weft-mesh/1", "h2"]`): the peer proxy's server config selects `h2`
 /// as before, so the framing on the wire does not change, and an application never offers an
 /// ID it does not know. The `/1` leaves room for a later, incompatible mesh hop.

@@ -14,7 +14,9 @@
 //!   SPIFFE ID is required.
 //! - A SPIFFE ID is the certificate's one and only URI SAN ([`spiffe_id_of`]).
 //! - Handshake signatures are always rustls' webpki helpers (`handshake_signatures!`).
-//! - TLS 1.3 only, ALPN "h2": both ends are Weft proxies.
+//! - TLS 1.3 only, ALPN "h2": both ends are Weft proxies. The client also offers
+//!   [`MESH_ALPN`] first, so an intercepting inbound can tell the mesh hop from an
+//!   application's own TLS; the server selects only "h2", so the wire protocol is unchanged.
 //!
 //! Failures are [`TlsFailure`]s wrapped in rustls errors, so both ends report a readable,
 //! stable reason (identity mismatch names expected and presented IDs).
@@ -34,6 +36,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::CertStore;
 use super::csr::uri_sans;
+use crate::detect::MESH_ALPN;
 use crate::model::{Mesh, SharedSnapshot};
 use crate::transport::{
     ChainVerifier, ExpectedIdentities, MeshClientTls, MeshServerTls, TlsFailure, TlsReason,
@@ -312,7 +315,8 @@ impl MeshClientTls for MeshTls {
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(CurrentCert(self.store.clone())));
-        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // The marker first, then what the server selects (it never selects the marker).
+        cfg.alpn_protocols = vec![MESH_ALPN.to_vec(), ALPN_H2.to_vec()];
         Ok(Arc::new(cfg))
     }
 }

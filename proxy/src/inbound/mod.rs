@@ -1,13 +1,20 @@
 //! The inbound proxy: requests from peer proxies (and, with interception, from anyone) to the
 //! local application.
 //!
-//! accept: first byte 0x16 -> mTLS (client certificate required, peer SPIFFE ID kept), else
-//! plaintext ([`InboundAccept`]) -> destination port (`weft-dst-port`, CONNECT authority, or
+//! accept: a connection with an original destination (intercepted, from anyone) goes through
+//! protocol detection ([`InboundIntercepted`]: opaque TCP and the app's own TLS are spliced to
+//! the app port, HTTP and mesh mTLS continue below); any other connection: first byte 0x16 ->
+//! mTLS (client certificate required, peer SPIFFE ID kept), else plaintext
+//! ([`InboundAccept`]) -> destination port (`weft-dst-port`, CONNECT authority, or
 //! SO_ORIGINAL_DST) -> PeerAuthentication mode of that port (STRICT refuses plaintext with
 //! 403 `mtls-required`, DISABLE refuses mTLS) -> is it a port the workload serves? -> forward
 //! to the app in the protocol the caller's app spoke (`weft-app-protocol`); CONNECT streams
 //! are spliced to the app port. The mode is applied per request because the port is only
 //! known once the HTTP/2 request arrives; at accept only what no port allows is refused.
+
+mod intercepted;
+
+pub use intercepted::InboundIntercepted;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -238,7 +245,9 @@ pub fn mtls_decision(mode: MtlsMode, tls: bool) -> Result<(), TlsReason> {
 
 /// What the inbound listener does before any request: TLS if this proxy has a certificate and
 /// some port accepts mTLS; plaintext always (so a STRICT port can answer a readable 403; a
-/// client that does not speak HTTP just gets the connection closed).
+/// client that does not speak HTTP just gets the connection closed, unless it was intercepted:
+/// then [`InboundIntercepted`] splices it). Intercepted connections ask it only for ClientHellos
+/// that carry the mesh marker.
 #[derive(Debug)]
 pub struct InboundAccept {
     pub snapshot: SharedSnapshot,

@@ -34,7 +34,7 @@ pub use profile::{DEFAULT_KEEPALIVE, DialProfile, Keepalive};
 pub(crate) use server::serve_http;
 pub use server::{
     Admit, BoxFuture, ConnInfo, Handler, Intercepted, OrigDst, ServerStats, ServerTimeouts,
-    SoOriginalDst, TlsAccept, serve, serve_intercepting, serve_tls, serve_with,
+    SoOriginalDst, TlsAccept, serve, serve_intercepting, serve_mesh_tls, serve_tls, serve_with,
 };
 pub(crate) use tls::handshake_signatures;
 pub use tls::{

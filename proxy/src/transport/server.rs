@@ -16,7 +16,11 @@
 //!
 //! The inbound listener also tells TLS from plaintext by the first byte (a TLS record starts
 //! with 0x16, which no HTTP method does), so PERMISSIVE can serve both on one port. What to do
-//! with each kind is the caller's decision ([`TlsAccept`]); this module only applies it.
+//! with each kind is the caller's decision ([`TlsAccept`]); this module only applies it. With
+//! interception, an inbound connection that has an original destination goes to its
+//! [`Intercepted`] owner instead (a client outside the mesh may speak anything, including its
+//! own TLS, so the first byte is not enough); the owner hands mesh ClientHellos back to
+//! [`serve_mesh_tls`], the same path as a direct mesh hop.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -172,7 +176,7 @@ pub async fn serve_with<H: Handler>(
     tracker: TaskTracker,
     timeouts: ServerTimeouts,
 ) {
-    serve_inner(listener, handler, None, stats, shutdown, tracker, timeouts).await;
+    serve_inner(listener, handler, stats, shutdown, tracker, timeouts).await;
 }
 
 /// [`serve_with`] for the outbound listener with interception: a connection whose original
@@ -212,9 +216,11 @@ pub async fn serve_intercepting<H: Handler>(
                 ));
             }
             None => {
+                // Not redirected: local mode, the explicit proxy.
                 tracker.spawn(serve_plain(
                     stream,
                     peer,
+                    None,
                     handler.clone(),
                     shutdown.clone(),
                     timeouts,
@@ -225,25 +231,54 @@ pub async fn serve_intercepting<H: Handler>(
 }
 
 /// [`serve_with`] for a listener that also speaks TLS, as `accept` decides per connection.
+/// A connection whose original destination (`orig`) is set and differs from the listener goes
+/// to `intercepted` (it came from anyone, redirected by iptables); the others (the mesh hop,
+/// local mode) are told TLS from plaintext by their first byte.
+#[allow(clippy::too_many_arguments)] // each is a distinct piece of wiring
 pub async fn serve_tls<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     accept: Arc<dyn TlsAccept>,
+    intercepted: Arc<dyn Intercepted>,
+    orig: Arc<dyn OrigDst>,
     stats: Arc<ServerStats>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     timeouts: ServerTimeouts,
 ) {
-    serve_inner(
-        listener,
-        handler,
-        Some(accept),
-        stats,
-        shutdown,
-        tracker,
-        timeouts,
-    )
-    .await;
+    while let Some((stream, peer)) = accept_next(&listener, &shutdown).await {
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let local = stream.local_addr().unwrap_or(peer);
+        // As on the outbound: the listener itself as original destination means "not
+        // redirected".
+        let orig_dst = orig.orig_dst(&stream).filter(|d| *d != local);
+        if orig_dst.is_some() {
+            let _ = stream.set_nodelay(true);
+            let info = ConnInfo {
+                peer,
+                local,
+                orig_dst,
+                tls: false,
+                peer_identity: None,
+            };
+            tracker.spawn(intercepted.clone().serve_intercepted(
+                stream,
+                info,
+                shutdown.clone(),
+                timeouts,
+            ));
+            continue;
+        }
+        tracker.spawn(serve_conn(
+            stream,
+            peer,
+            local,
+            handler.clone(),
+            accept.clone(),
+            shutdown.clone(),
+            timeouts,
+        ));
+    }
 }
 
 /// The next accepted connection, or `None` once `shutdown` fires.
@@ -269,7 +304,6 @@ async fn accept_next(
 async fn serve_inner<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
-    accept: Option<Arc<dyn TlsAccept>>,
     stats: Arc<ServerStats>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -277,28 +311,30 @@ async fn serve_inner<H: Handler>(
 ) {
     while let Some((stream, peer)) = accept_next(&listener, &shutdown).await {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        tracker.spawn(serve_conn(
+        let local = stream.local_addr().unwrap_or(peer);
+        let orig_dst = original_dst(&stream).filter(|d| *d != local);
+        tracker.spawn(serve_plain(
             stream,
             peer,
+            orig_dst,
             handler.clone(),
-            accept.clone(),
             shutdown.clone(),
             timeouts,
         ));
     }
 }
 
+/// A connection to the TLS-capable listener that was not redirected: TLS or plaintext by the
+/// first byte.
 async fn serve_conn<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     handler: Arc<H>,
-    accept: Option<Arc<dyn TlsAccept>>,
+    accept: Arc<dyn TlsAccept>,
     shutdown: CancellationToken,
     timeouts: ServerTimeouts,
 ) {
-    let Some(accept) = accept else {
-        return serve_plain(stream, peer, handler, shutdown, timeouts).await;
-    };
     let mut first = [0u8; 1];
     let client_hello =
         match tokio::time::timeout(timeouts.header_read, stream.peek(&mut first)).await {
@@ -310,40 +346,57 @@ async fn serve_conn<H: Handler>(
             }
         };
     match accept.admit(client_hello) {
-        Admit::Plaintext => serve_plain(stream, peer, handler, shutdown, timeouts).await,
+        Admit::Plaintext => serve_plain(stream, peer, None, handler, shutdown, timeouts).await,
         Admit::Refuse(f) => accept.handshake_failed(peer, &f),
         Admit::Tls(config) => {
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(peer);
-            let orig_dst = original_dst(&stream).filter(|d| *d != local);
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let tls =
-                match tokio::time::timeout(timeouts.header_read, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return accept.handshake_failed(peer, &TlsFailure::from_io(&e)),
-                    Err(_) => {
-                        let f = TlsFailure::new(
-                            super::tls::TlsReason::HandshakeFailed,
-                            "the TLS handshake did not finish in time",
-                        );
-                        return accept.handshake_failed(peer, &f);
-                    }
-                };
-            let peer_identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| accept.peer_identity(c));
             let info = ConnInfo {
                 peer,
                 local,
-                orig_dst,
+                orig_dst: None,
                 tls: true,
-                peer_identity,
+                peer_identity: None,
             };
-            serve_http(TokioIo::new(tls), info, handler, shutdown, timeouts).await;
+            serve_mesh_tls(stream, info, config, handler, &*accept, shutdown, timeouts).await;
         }
     }
+}
+
+/// The mesh hop's server side on a connection whose next bytes are a ClientHello (`io` may
+/// replay bytes detection already read): the handshake under `config`, bounded like a request
+/// head, then HTTP with the client's verified SPIFFE ID in `info`.
+pub async fn serve_mesh_tls<H, IO>(
+    io: IO,
+    mut info: ConnInfo,
+    config: Arc<rustls::ServerConfig>,
+    handler: Arc<H>,
+    accept: &dyn TlsAccept,
+    shutdown: CancellationToken,
+    timeouts: ServerTimeouts,
+) where
+    H: Handler,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = info.peer;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = match tokio::time::timeout(timeouts.header_read, acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return accept.handshake_failed(peer, &TlsFailure::from_io(&e)),
+        Err(_) => {
+            let f = TlsFailure::new(
+                super::tls::TlsReason::HandshakeFailed,
+                "the TLS handshake did not finish in time",
+            );
+            return accept.handshake_failed(peer, &f);
+        }
+    };
+    info.tls = true;
+    info.peer_identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| accept.peer_identity(c));
+    serve_http(TokioIo::new(tls), info, handler, shutdown, timeouts).await;
 }
 
 /// The first byte of a TLS handshake record (a ClientHello).
@@ -352,6 +405,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 async fn serve_plain<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
     handler: Arc<H>,
     shutdown: CancellationToken,
     timeouts: ServerTimeouts,
@@ -367,7 +421,6 @@ async fn serve_plain<H: Handler>(
     }
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let orig_dst = original_dst(&stream).filter(|d| *d != local);
     let info = ConnInfo {
         peer,
         local,
