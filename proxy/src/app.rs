@@ -78,11 +78,29 @@ pub struct Listeners {
 impl Listeners {
     pub async fn bind(cfg: &Config) -> Result<Self, transport::BindError> {
         let at = |port| SocketAddr::new(cfg.address, port);
+        let data = data_plane_address(cfg.address);
         Ok(Self {
-            outbound: transport::bind(at(cfg.outbound_port), "outbound").await?,
-            inbound: transport::bind(at(cfg.inbound_port), "inbound").await?,
+            outbound: transport::bind(SocketAddr::new(data, cfg.outbound_port), "outbound").await?,
+            inbound: transport::bind(SocketAddr::new(data, cfg.inbound_port), "inbound").await?,
             admin: transport::bind(at(cfg.admin_port), "admin").await?,
         })
+    }
+}
+
+/// Where the outbound and inbound listeners bind for a workload at `address`.
+///
+/// A loopback address is local mode: several proxies share the host, each on its own
+/// 127.0.0.x, so each binds exactly its own. Any other address is a pod IP with
+/// interception: `weft-proxy init`'s OUTPUT REDIRECT sends the app's connections to the
+/// loopback address (127.0.0.1 or ::1), PREROUTING sends peers' to the pod IP, so the
+/// listeners bind the unspecified address of the family (as Envoy's do in Istio); the pod's
+/// network namespace is the proxy's own. The admin port stays on `address`.
+pub fn data_plane_address(address: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match address {
+        a if a.is_loopback() || a.is_unspecified() => a,
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -451,4 +469,20 @@ fn start_identity(
     };
     tokio::spawn(rotator.run(shutdown.clone()));
     Ok(RunningIdentity { tls, ca_root_pem })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::data_plane_address;
+
+    #[test]
+    fn local_mode_binds_its_own_loopback_address_and_pods_bind_every_address() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(data_plane_address(ip("127.0.10.3")), ip("127.0.10.3"));
+        assert_eq!(data_plane_address(ip("::1")), ip("::1"));
+        assert_eq!(data_plane_address(ip("10.1.2.3")), ip("0.0.0.0"));
+        assert_eq!(data_plane_address(ip("fd00::5")), ip("::"));
+        assert_eq!(data_plane_address(ip("0.0.0.0")), ip("0.0.0.0"));
+    }
 }

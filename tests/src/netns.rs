@@ -348,8 +348,7 @@ impl Pod {
 
     /// Starts `weft-proxy run` as uid 1337 for WorkloadEntry `<name>.default`, with copies of
     /// the mesh root and of a fresh token that uid 1337 can read, and waits with
-    /// `weft-proxy wait` until it is ready. The listeners bind 0.0.0.0 (as Envoy's do in
-    /// Istio); the app is reached on 127.0.0.1.
+    /// `weft-proxy wait` until it is ready. The app is reached on 127.0.0.1.
     pub async fn start_proxy(&mut self, node: &Node, config_dir: &Path, extra: &[&str]) {
         let creds = crate::procs::Credentials::write(config_dir, &self.name, None);
         let files = config_dir.join(format!("pod-{}", self.name));
@@ -382,10 +381,11 @@ impl Pod {
             &token.display().to_string(),
             "--node-id",
             &format!("{}.default", self.name),
-            // Not the pod IP: the OUTPUT chain's REDIRECT sends the app's connections to
-            // 127.0.0.1:15001, which a listener bound to the pod IP never sees.
+            // The pod IP, as a Kubernetes sidecar gets it: the proxy binds its data-plane
+            // listeners on every address of the pod (the OUTPUT chain's REDIRECT sends the
+            // app's connections to 127.0.0.1:15001).
             "--address",
-            "0.0.0.0",
+            &self.ip.to_string(),
             "--app-address",
             "127.0.0.1",
             "--xds-addr",

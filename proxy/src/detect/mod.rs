@@ -35,11 +35,11 @@ pub use prefixed::PrefixedIo;
 
 /// The ALPN protocol ID that marks a ClientHello as the mesh hop (proxy to proxy).
 ///
-/// Today the mesh client offers only `h2`, which any application speaking HTTP/2 over TLS
-/// offers too, so `h2` cannot tell the two apart. The mesh client offers this ID first
-/// and `h2` second (`["weft-mesh/1", "h2"]`): the peer proxy's server config selects `h2`
-/// as before, so the framing on the wire does not change, and an application never offers an
-/// ID it does not know. The `/1` leaves room for a later, incompatible mesh hop.
+/// `h2` alone cannot tell the mesh hop from an application speaking HTTP/2 over TLS, so the
+/// mesh client offers this ID first and `h2` second (`["weft-mesh/1", "h2"]`): the peer
+/// proxy's server config selects `h2` as before, so the framing on the wire does not change,
+/// and an application never offers an ID it does not know. The `/1` leaves room for a later,
+/// incompatible mesh hop.
 pub const MESH_ALPN: &[u8] = b"weft-mesh/1";
 
 /// The longest HTTP/1 request line [`classify`] waits for: without a line end by then the
