@@ -80,8 +80,8 @@ impl Listeners {
         let at = |port| SocketAddr::new(cfg.address, port);
         let data = data_plane_address(cfg.address);
         Ok(Self {
-            outbound: transport::bind(SocketAddr::new(data, cfg.outbound_port), "outbound").await?,
-            inbound: transport::bind(SocketAddr::new(data, cfg.inbound_port), "inbound").await?,
+            outbound: bind_data(data, cfg.outbound_port, "outbound").await?,
+            inbound: bind_data(data, cfg.inbound_port, "inbound").await?,
             admin: transport::bind(at(cfg.admin_port), "admin").await?,
         })
     }
@@ -92,16 +92,56 @@ impl Listeners {
 /// A loopback address is local mode: several proxies share the host, each on its own
 /// 127.0.0.x, so each binds exactly its own. Any other address is a pod IP with
 /// interception: `weft-proxy init`'s OUTPUT REDIRECT sends the app's connections to the
-/// loopback address (127.0.0.1 or ::1), PREROUTING sends peers' to the pod IP, so the
-/// listeners bind the unspecified address of the family (as Envoy's do in Istio); the pod's
-/// network namespace is the proxy's own. The admin port stays on `address`.
-pub fn data_plane_address(address: std::net::IpAddr) -> std::net::IpAddr {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+/// loopback address (127.0.0.1 or ::1, by the family of the app's destination), PREROUTING
+/// sends peers' to the pod IP, so the listeners bind `[::]` accepting both families (see
+/// [`bind_data`]; a pod's app may call v4 and v6 destinations whatever the pod's own
+/// address), as Envoy's do in Istio; the pod's network namespace is the proxy's own. An
+/// explicit unspecified address is kept as given. The admin port stays on `address`.
+pub fn data_plane_address(address: IpAddr) -> IpAddr {
+    use std::net::Ipv6Addr;
     match address {
         a if a.is_loopback() || a.is_unspecified() => a,
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     }
+}
+
+/// Binds a data-plane listener at `ip:port`. `[::]` is bound dual-stack (IPV6_V6ONLY off,
+/// whatever `net.ipv6.bindv6only` says), so v4 connections arrive as v4-mapped peers (the
+/// servers normalise them back to v4); on a kernel without IPv6 it falls back to `0.0.0.0`.
+async fn bind_data(
+    ip: IpAddr,
+    port: u16,
+    what: &'static str,
+) -> Result<TcpListener, transport::BindError> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let addr = SocketAddr::new(ip, port);
+    if ip != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        return transport::bind(addr, what).await;
+    }
+    match dual_stack_listener(addr) {
+        Ok(listener) => Ok(listener),
+        // Taken is taken: report it as such rather than binding v4 only.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => transport::bind(addr, what).await,
+        Err(e) => {
+            tracing::info!(listener = what, error = %e, "cannot bind [::] (no IPv6?); binding 0.0.0.0");
+            transport::bind(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                what,
+            )
+            .await
+        }
+    }
+}
+
+fn dual_stack_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// A running data plane (outbound + inbound listeners), for `run` and for tests.
@@ -476,13 +516,34 @@ fn start_identity(
 mod tests {
     use super::data_plane_address;
 
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn local_mode_binds_its_own_loopback_address_and_pods_bind_every_address() {
-        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert_eq!(data_plane_address(ip("127.0.10.3")), ip("127.0.10.3"));
         assert_eq!(data_plane_address(ip("::1")), ip("::1"));
-        assert_eq!(data_plane_address(ip("10.1.2.3")), ip("0.0.0.0"));
+        assert_eq!(data_plane_address(ip("10.1.2.3")), ip("::"));
         assert_eq!(data_plane_address(ip("fd00::5")), ip("::"));
         assert_eq!(data_plane_address(ip("0.0.0.0")), ip("0.0.0.0"));
+    }
+
+    /// A pod's listener takes the app's redirected connections of both families.
+    #[tokio::test]
+    async fn a_pod_listener_accepts_v4_and_v6_connections() {
+        let l = super::bind_data(data_plane_address(ip("10.1.2.3")), 0, "outbound")
+            .await
+            .unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut want = vec![ip("127.0.0.1")];
+        if l.local_addr().unwrap().is_ipv6() {
+            want.push(ip("::1"));
+        }
+        for at in want {
+            let _c = tokio::net::TcpStream::connect((at, port)).await.unwrap();
+            let (_s, peer) = l.accept().await.unwrap();
+            assert_eq!(peer.ip().to_canonical(), at);
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! binaries run under `ip netns exec`, the proxy as uid 1337 (`setpriv`) so that the rules of
 //! `weft-proxy init` leave its own traffic alone.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -213,6 +213,8 @@ pub struct Node {
     tag: String,
     a: u8,
     b: u8,
+    /// The two middle groups of the node's IPv6 prefix `fd77:<pid>:<n>::/64`.
+    v6: [u16; 2],
     next_port: AtomicU32,
 }
 
@@ -227,11 +229,16 @@ impl Node {
             tag,
             a: 100 + (pid % 100) as u8,
             b: (n % 250) as u8 + 1,
+            v6: [(pid % 65536) as u16, n as u16],
             next_port: AtomicU32::new(0),
         };
+        enable_ipv6(&node.ns);
         let cidr = format!("{}/24", node.ip(1));
         node.ns.ip(&["link", "add", "br0", "type", "bridge"]);
         node.ns.ip(&["addr", "add", &cidr, "dev", "br0"]);
+        let cidr6 = format!("{}/64", node.ip6(1));
+        node.ns
+            .ip(&["-6", "addr", "add", &cidr6, "dev", "br0", "nodad"]);
         node.ns.ip(&["link", "set", "br0", "up"]);
         node
     }
@@ -245,12 +252,29 @@ impl Node {
         SocketAddr::V4(SocketAddrV4::new(self.ip(host), port))
     }
 
+    /// `fd77:<pid>:<n>::<host>` (host in hex), the IPv6 twin of [`Node::ip`].
+    pub fn ip6(&self, host: u16) -> Ipv6Addr {
+        let [p, n] = self.v6;
+        Ipv6Addr::new(0xfd77, p, n, 0, 0, 0, 0, host)
+    }
+
+    pub fn addr6(&self, host: u16, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.ip6(host)), port)
+    }
+
+    /// `fd77:<pid>:<n>:`, for config templates: `{prefix6}:c8` is `fd77:<pid>:<n>::c8`.
+    pub fn prefix6(&self) -> String {
+        let [p, n] = self.v6;
+        format!("fd77:{p:x}:{n:x}:")
+    }
+
     /// `10.a.b`, for config templates.
     pub fn prefix(&self) -> String {
         format!("10.{}.{}", self.a, self.b)
     }
 
-    /// A pod at `10.a.b.host`, joined to the bridge; no proxy, no rules yet.
+    /// A pod at `10.a.b.host` and `fd77:<pid>:<n>::<host>`, joined to the bridge; no proxy,
+    /// no rules yet.
     pub fn pod(&self, host: u8, name: &str) -> Pod {
         let ns = Ns::create(format!("{}{name}", self.tag));
         let port = format!("vp{}", self.next_port.fetch_add(1, Ordering::Relaxed));
@@ -260,12 +284,33 @@ impl Node {
         self.ns.ip(&["link", "set", &port, "master", "br0", "up"]);
         let ip = self.ip(host);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        enable_ipv6(&ns);
+        let ip6 = self.ip6(host.into());
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["route", "add", "default", "via", &self.ip(1).to_string()]);
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &self.ip6(1).to_string(),
+        ]);
         Pod {
             proxy: None,
             ns,
             ip,
+            ip6,
+            proxy_address: IpAddr::V4(ip),
             name: name.to_string(),
         }
     }
@@ -296,6 +341,14 @@ impl Node {
         let mut process = Process::spawn("control", Path::new("ip"), &args);
         wait_in(&self.ns, &admin, &mut process).await;
         process
+    }
+}
+
+/// IPv6 on in a namespace (a host may default new namespaces to disabled).
+fn enable_ipv6(ns: &Ns) {
+    for key in ["all", "default"] {
+        let setting = format!("net.ipv6.conf.{key}.disable_ipv6=0");
+        ns.exec("sysctl", &["-q", "-w", &setting]);
     }
 }
 
@@ -330,12 +383,20 @@ pub struct Pod {
     pub proxy: Option<Process>,
     pub ns: Ns,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    /// The sidecar's `--address` (where its admin port is): the v4 pod IP unless
+    /// [`Pod::start_proxy_at`] chose another.
+    pub proxy_address: IpAddr,
     pub name: String,
 }
 
 impl Pod {
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(self.ip, port))
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.ip6), port)
     }
 
     /// Installs the interception rules with the real `weft-proxy init` (as root).
@@ -350,6 +411,25 @@ impl Pod {
     /// the mesh root and of a fresh token that uid 1337 can read, and waits with
     /// `weft-proxy wait` until it is ready. The app is reached on 127.0.0.1.
     pub async fn start_proxy(&mut self, node: &Node, config_dir: &Path, extra: &[&str]) {
+        self.start_proxy_at(node, config_dir, IpAddr::V4(self.ip), extra)
+            .await;
+    }
+
+    /// [`Pod::start_proxy`] with `--address <address>` (the v6 pod IP for an IPv6 pod, whose
+    /// app is then reached on ::1). xDS still goes to the node's v4 bridge address.
+    pub async fn start_proxy_at(
+        &mut self,
+        node: &Node,
+        config_dir: &Path,
+        address: IpAddr,
+        extra: &[&str],
+    ) {
+        let app_address = if address.is_ipv6() {
+            "::1"
+        } else {
+            "127.0.0.1"
+        };
+        self.proxy_address = address;
         let creds = crate::procs::Credentials::write(config_dir, &self.name, None);
         let files = config_dir.join(format!("pod-{}", self.name));
         std::fs::create_dir_all(&files).expect("create pod dir");
@@ -385,9 +465,9 @@ impl Pod {
             // listeners on every address of the pod (the OUTPUT chain's REDIRECT sends the
             // app's connections to 127.0.0.1:15001).
             "--address",
-            &self.ip.to_string(),
+            &address.to_string(),
             "--app-address",
-            "127.0.0.1",
+            app_address,
             "--xds-addr",
             &node.addr(1, 15012).to_string(),
             "--log",
@@ -398,7 +478,8 @@ impl Pod {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut process = Process::spawn(&self.name, Path::new("ip"), &args);
-        wait_in(&self.ns, &self.addr(15020).to_string(), &mut process).await;
+        let admin = SocketAddr::new(self.proxy_address, 15020).to_string();
+        wait_in(&self.ns, &admin, &mut process).await;
         self.proxy = Some(process);
     }
 
@@ -406,7 +487,7 @@ impl Pod {
     pub async fn metrics(&self) -> String {
         let stream = self
             .ns
-            .connect(self.addr(15020))
+            .connect(SocketAddr::new(self.proxy_address, 15020))
             .await
             .expect("connect to the admin port");
         let mut c = crate::client::H1::over(stream).await.expect("handshake");

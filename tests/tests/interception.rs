@@ -5,7 +5,7 @@
 //! (and passes) with the reason printed otherwise. See `weft_e2e::netns`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -83,6 +83,44 @@ spec:
   serviceAccount: b
 "#;
 
+/// The same service and workloads by IPv6 only: the VIP `<prefix6>::c8` (200), A at `::a`,
+/// B at `::b`.
+const SERVICE6: &str = r#"
+apiVersion: networking.weft.dev/v1
+kind: ServiceEntry
+metadata:
+  name: b
+  namespace: default
+spec:
+  hosts: [b.default.svc.cluster.local]
+  addresses: ["{{pod6}}:c8"]
+  ports:
+  - {number: 8080, name: http, protocol: HTTP}
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: b}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata:
+  name: a
+  namespace: default
+spec:
+  address: "{{pod6}}:a"
+  labels: {app: a}
+  serviceAccount: a
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata:
+  name: b-v1
+  namespace: default
+spec:
+  address: "{{pod6}}:b"
+  labels: {app: b, version: v1}
+  serviceAccount: b
+"#;
+
 const B_V2: &str = r#"
 apiVersion: networking.weft.dev/v1
 kind: WorkloadEntry
@@ -138,6 +176,12 @@ struct Options {
     files: Vec<(&'static str, &'static str)>,
     with_b_v2: bool,
     b_proxy_args: Vec<&'static str>,
+    /// IPv6 pods: the registry of [`SERVICE6`], the apps on `[::]`, and every proxy started
+    /// with its v6 pod IP as `--address`.
+    v6: bool,
+    /// `b` gets the v6 service address `<prefix6>::c8` besides its v4 one (dual-stack pods;
+    /// the endpoints stay v4).
+    v6_vip: bool,
 }
 
 impl Cluster {
@@ -145,14 +189,22 @@ impl Cluster {
         let node = Node::new();
         let dir = ConfigDir::new(Net::new());
         let prefix = node.prefix();
-        let mut registry = SERVICE.to_string();
+        let prefix6 = node.prefix6();
+        let mut registry = if opts.v6 { SERVICE6 } else { SERVICE }.to_string();
+        if opts.v6_vip {
+            registry = registry.replace(
+                r#"addresses: ["{{pod}}.200"]"#,
+                r#"addresses: ["{{pod}}.200", "{{pod6}}:c8"]"#,
+            );
+        }
         if opts.with_b_v2 {
             registry.push_str("---\n");
             registry.push_str(B_V2);
         }
-        dir.write("registry.yaml", &registry.replace("{{pod}}", &prefix));
+        let fill = |t: &str| t.replace("{{pod6}}", &prefix6).replace("{{pod}}", &prefix);
+        dir.write("registry.yaml", &fill(&registry));
         for (name, text) in &opts.files {
-            dir.write(name, &text.replace("{{pod}}", &prefix));
+            dir.write(name, &fill(text));
         }
         let cp = node.control_plane(dir.path()).await;
 
@@ -164,6 +216,7 @@ impl Cluster {
         let outsider = node.pod(HOST_OUTSIDER, "outsider");
 
         // The apps listen on all addresses: without interception an outsider would reach them.
+        let any = if opts.v6 { any6 } else { any };
         let mut apps = Vec::new();
         for pod in &b {
             let version = pod.name.clone();
@@ -176,11 +229,20 @@ impl Cluster {
         }
 
         // init first (as an init container), then the proxy, then the app may send.
+        let address = |pod: &Pod| {
+            if opts.v6 {
+                IpAddr::V6(pod.ip6)
+            } else {
+                IpAddr::V4(pod.ip)
+            }
+        };
         a.init(&[]);
-        a.start_proxy(&node, dir.path(), &[]).await;
+        a.start_proxy_at(&node, dir.path(), address(&a), &[]).await;
         for pod in &mut b {
             pod.init(&[]);
-            pod.start_proxy(&node, dir.path(), &opts.b_proxy_args).await;
+            let at = address(pod);
+            pod.start_proxy_at(&node, dir.path(), at, &opts.b_proxy_args)
+                .await;
         }
         Self {
             apps,
@@ -208,11 +270,17 @@ fn any(port: u16) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
 }
 
+fn any6(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+}
+
 fn default_options() -> Options {
     Options {
         files: vec![],
         with_b_v2: false,
         b_proxy_args: vec![],
+        v6: false,
+        v6_vip: false,
     }
 }
 
@@ -299,6 +367,101 @@ async fn an_unaware_app_reaches_a_service_address_and_a_pod_ip_over_mtls() {
         c.b[0].metrics().await
     );
     assert_eq!(c.apps[0].requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_pod_reaches_a_v6_service_address_and_a_v6_pod_ip_over_mtls() {
+    require_netns!();
+    let c = Cluster::start(Options {
+        files: vec![("peer-auth.yaml", STRICT)],
+        v6: true,
+        ..default_options()
+    })
+    .await;
+    let before = inbound_from(&c.b[0].metrics().await, A_SPIFFE);
+
+    // By the v6 service address: the app's connection to [VIP]:8080 is redirected by the
+    // ip6 rules to A's outbound listener on [::1]:15001.
+    let vip = c.node.addr6(u16::from(HOST_VIP), 8080);
+    let mut h1 = c.a_h1(vip).await;
+    let r = h1
+        .get("/by-v6-vip", &[("host", &vip.to_string())])
+        .await
+        .expect("answer through both proxies");
+    assert_eq!((r.status, r.text().as_str()), (200, "b-v1"), "{r:?}");
+    assert_eq!(r.header("x-app-saw-path"), Some("/by-v6-vip"));
+
+    // By B's v6 pod IP.
+    let mut h1 = c.a_h1(c.b[0].addr6(8080)).await;
+    let r = h1
+        .get(
+            "/by-v6-pod-ip",
+            &[("host", "b.default.svc.cluster.local:8080")],
+        )
+        .await
+        .expect("answer through both proxies");
+    assert_eq!((r.status, r.text().as_str()), (200, "b-v1"), "{r:?}");
+
+    let after = inbound_from(&c.b[0].metrics().await, A_SPIFFE);
+    assert!(
+        after >= before + 2,
+        "B's inbound saw {} requests from {A_SPIFFE}, expected 2 more than {before}:\n{}",
+        after,
+        c.b[0].metrics().await
+    );
+    assert_eq!(c.apps[0].requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_pod_intercepts_v4_and_v6_calls_of_the_same_app() {
+    require_netns!();
+    // The proxies run with their v4 pod IP as --address, as a dual-stack pod's sidecar gets
+    // the first pod IP, and so bind [::] dual-stack: the app's v6 connections are redirected
+    // to [::1]:15001, its v4 ones to 127.0.0.1:15001 (a v4-mapped peer on the same socket).
+    let c = Cluster::start(Options {
+        files: vec![("peer-auth.yaml", STRICT)],
+        v6_vip: true,
+        ..default_options()
+    })
+    .await;
+    let before = inbound_from(&c.b[0].metrics().await, A_SPIFFE);
+
+    let v4 = c.vip(8080);
+    let v6 = c.node.addr6(u16::from(HOST_VIP), 8080);
+    let by_pod_ip = c.b[0].addr(8080);
+    for (path, to, host) in [
+        ("/v4-vip", v4, v4.to_string()),
+        ("/v6-vip", v6, v6.to_string()),
+        (
+            "/v4-pod-ip",
+            by_pod_ip,
+            "b.default.svc.cluster.local:8080".into(),
+        ),
+    ] {
+        let r = c
+            .a_h1(to)
+            .await
+            .get(path, &[("host", &host)])
+            .await
+            .unwrap_or_else(|e| panic!("{path} through both proxies: {e}"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "b-v1"),
+            "{path}: {r:?}"
+        );
+        assert_eq!(r.header("x-app-saw-path"), Some(path));
+    }
+
+    // B's inbound, on [::], got A's v4 mTLS connections as v4-mapped peers and still found
+    // their original destination (SO_ORIGINAL_DST) and A's identity.
+    let after = inbound_from(&c.b[0].metrics().await, A_SPIFFE);
+    assert!(
+        after >= before + 3,
+        "B's inbound saw {} requests from {A_SPIFFE}, expected 3 more than {before}:\n{}",
+        after,
+        c.b[0].metrics().await
+    );
+    assert_eq!(c.apps[0].requests(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,7 +195,7 @@ pub async fn serve_intercepting<H: Handler>(
 ) {
     while let Some((stream, peer)) = accept_next(&listener, &shutdown).await {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let local = stream.local_addr().unwrap_or(peer);
+        let local = local_addr(&stream, peer);
         // A REDIRECT to ourselves reports the listener itself as the original destination when
         // nothing was redirected; that is local mode, not interception.
         match orig.orig_dst(&stream).filter(|d| *d != local) {
@@ -248,7 +248,7 @@ pub async fn serve_tls<H: Handler>(
 ) {
     while let Some((stream, peer)) = accept_next(&listener, &shutdown).await {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let local = stream.local_addr().unwrap_or(peer);
+        let local = local_addr(&stream, peer);
         // As on the outbound: the listener itself as original destination means "not
         // redirected".
         let orig_dst = orig.orig_dst(&stream).filter(|d| *d != local);
@@ -289,7 +289,7 @@ async fn accept_next(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok(s) => return Some(s),
+                Ok((s, peer)) => return Some((s, canonical(peer))),
                 Err(e) => {
                     // Usually EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -311,7 +311,7 @@ async fn serve_inner<H: Handler>(
 ) {
     while let Some((stream, peer)) = accept_next(&listener, &shutdown).await {
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let local = stream.local_addr().unwrap_or(peer);
+        let local = local_addr(&stream, peer);
         let orig_dst = original_dst(&stream).filter(|d| *d != local);
         tracker.spawn(serve_plain(
             stream,
@@ -420,7 +420,7 @@ async fn serve_plain<H: Handler>(
         }
     }
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
+    let local = local_addr(&stream, peer);
     let info = ConnInfo {
         peer,
         local,
@@ -511,7 +511,22 @@ async fn preface_decidable(stream: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
-/// The pre-NAT destination of an intercepted connection (Linux iptables REDIRECT).
+/// `a.b.c.d` for `::ffff:a.b.c.d`: a dual-stack listener (`[::]`) sees v4 peers v4-mapped;
+/// everything past accept (original destinations, authorization by IP, logs) sees v4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The connection's local address, v4 for a v4 connection on a dual-stack listener.
+fn local_addr(stream: &TcpStream, peer: SocketAddr) -> SocketAddr {
+    canonical(stream.local_addr().unwrap_or(peer))
+}
+
+/// The pre-NAT destination of an intercepted connection (Linux iptables REDIRECT),
+/// SO_ORIGINAL_DST. A v4 connection accepted on a dual-stack (`[::]`) socket is a v4-mapped
+/// IPv6 socket: the IPv4 option still applies to it (the kernel passes SOL_IP options of
+/// such a socket to IPv4, whose conntrack lookup uses the v4 addresses) and answers
+/// `sockaddr_in`; a v6 connection's v4 lookup fails and IP6T_SO_ORIGINAL_DST answers.
 fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     #[cfg(target_os = "linux")]
     {
@@ -520,6 +535,7 @@ fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
             .or_else(|_| sock.original_dst_v6())
             .ok()
             .and_then(|a| a.as_socket())
+            .map(canonical)
     }
     #[cfg(not(target_os = "linux"))]
     {
