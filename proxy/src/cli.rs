@@ -149,7 +149,9 @@ pub struct RunArgs {
     /// The workload's IP address; the proxy's listeners bind here.
     #[arg(long, env = "WEFT_ADDRESS")]
     pub address: IpAddr,
-    /// Where the application listens; defaults to --address.
+    /// Where the application listens. Defaults to --address when it is a loopback address
+    /// (local mode), else to the loopback address of its family (a pod): the inbound side's
+    /// own connection to the pod IP would be sent back to it by `weft-proxy init`'s rules.
     #[arg(long, env = "WEFT_APP_ADDRESS")]
     pub app_address: Option<IpAddr>,
     /// The control plane's xDS address, host:port.
@@ -197,7 +199,9 @@ impl RunArgs {
         Config {
             node_id: self.node_id.clone(),
             address: self.address,
-            app_address: self.app_address.unwrap_or(self.address),
+            app_address: self
+                .app_address
+                .unwrap_or_else(|| default_app_address(self.address)),
             xds_addr: self.xds_addr.clone(),
             xds_mode: self.xds_mode,
             outbound_port: self.outbound_port,
@@ -378,6 +382,19 @@ impl Signals {
     }
 }
 
+/// The application's address when `--app-address` is not given: the workload's own address
+/// in local mode (loopback), the loopback address of the family in a pod. In a pod the
+/// inbound side connects as the proxy's uid from the pod to its own IP; `weft-proxy init`'s
+/// rules send such a connection (out of `lo` to a non-loopback address) to the inbound
+/// listener again, which would loop.
+pub fn default_app_address(address: IpAddr) -> IpAddr {
+    match address {
+        a if a.is_loopback() || a.is_unspecified() => a,
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
@@ -409,6 +426,14 @@ mod tests {
             (15001, 15006, 15020)
         );
         assert_eq!(cfg.xds_mode, Mode::Delta);
+    }
+
+    #[test]
+    fn a_pod_reaches_its_app_on_loopback_by_default() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(default_app_address(ip("127.0.10.2")), ip("127.0.10.2"));
+        assert_eq!(default_app_address(ip("10.1.2.3")), ip("127.0.0.1"));
+        assert_eq!(default_app_address(ip("fd00::3")), ip("::1"));
     }
 
     #[test]

@@ -566,3 +566,23 @@ async fn a_destination_that_is_the_proxy_itself_is_refused() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.starts_with("reviews saw GET /local"), "{body}");
 }
+
+#[tokio::test]
+async fn an_intercepted_connect_goes_to_the_address_dialed_not_to_its_authority() {
+    // The app dialed its own forward proxy (outside the mesh) and sent CONNECT to a mesh
+    // service: the bytes must reach the forward proxy untouched, not be re-routed by the
+    // CONNECT authority to reviews.
+    let f = fixture(OutboundTrafficPolicy::AllowAny).await;
+    let mut s = f.mesh.dial(f.outside_echo).await;
+    let connect = b"CONNECT reviews.default.svc.cluster.local:9080 HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(
+        echo_roundtrip(&mut s, connect).await,
+        connect,
+        "the forward proxy at the dialed address got the CONNECT request as sent"
+    );
+    assert_eq!(
+        f.outside_echo_accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}

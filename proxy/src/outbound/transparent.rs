@@ -114,6 +114,14 @@ impl Transparent {
         }
         let io = PrefixedIo::new(prefix, stream);
         match detection {
+            // An intercepted CONNECT is the app talking to a forward proxy of its own at
+            // `dst` (HTTPS_PROXY): the tunnel is that proxy's business, so the bytes go to
+            // `dst` like any opaque stream (routed by address, passed through or refused),
+            // never re-routed by the CONNECT authority, which would let an app reach any
+            // mesh host whatever address it dialed.
+            Detection::Http1 { method: "CONNECT" } => {
+                self.tcp(io, dst, &info).await;
+            }
             Detection::Http1 { .. } | Detection::Http2 => {
                 serve_http(
                     TokioIo::new(io),

@@ -215,6 +215,13 @@ pub async fn serve_intercepting<H: Handler>(
                     timeouts,
                 ));
             }
+            None if !may_use_explicit_proxy(peer, local) => {
+                // Not redirected and not from this pod: another pod dialing <pod IP>:15001
+                // directly must not get a relay that speaks with this workload's identity
+                // (a confused deputy that would also walk past STRICT peers in plaintext).
+                tracing::warn!(%peer, %local, "refused a direct connection to the outbound listener from outside the workload");
+                drop(stream);
+            }
             None => {
                 // Not redirected: local mode, the explicit proxy.
                 tracker.spawn(serve_plain(
@@ -279,6 +286,13 @@ pub async fn serve_tls<H: Handler>(
             timeouts,
         ));
     }
+}
+
+/// Whether a connection that was not redirected may use the outbound listener as an explicit
+/// proxy: only the workload itself may (a loopback peer, as in local mode, or the pod's own
+/// address).
+pub(crate) fn may_use_explicit_proxy(peer: SocketAddr, local: SocketAddr) -> bool {
+    peer.ip().is_loopback() || peer.ip() == local.ip()
 }
 
 /// The next accepted connection, or `None` once `shutdown` fires.

@@ -262,3 +262,24 @@ async fn clients_that_send_nothing_or_half_a_request_are_closed() {
         .unwrap();
     closed_within(s, limit).await;
 }
+
+#[test]
+fn only_the_workload_itself_may_use_the_outbound_listener_as_a_proxy() {
+    use super::server::may_use_explicit_proxy;
+    let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+    // Local mode: the app on loopback.
+    assert!(may_use_explicit_proxy(
+        a("127.0.10.2:40000"),
+        a("127.0.10.2:15001")
+    ));
+    // A pod's own app dialing its pod IP.
+    assert!(may_use_explicit_proxy(
+        a("10.1.0.5:40000"),
+        a("10.1.0.5:15001")
+    ));
+    // Another pod dialing <pod IP>:15001 directly: refused.
+    assert!(!may_use_explicit_proxy(
+        a("10.1.0.9:40000"),
+        a("10.1.0.5:15001")
+    ));
+}
