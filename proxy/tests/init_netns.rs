@@ -75,17 +75,8 @@ fn is_root() -> bool {
 
 /// What is installed, for `backend::tools` (binaries only; the host's tables are not read).
 fn installed() -> Facts {
-    let names = [
-        "iptables-nft-restore",
-        "iptables-nft-save",
-        "ip6tables-nft-restore",
-        "ip6tables-nft-save",
-        "iptables-legacy-restore",
-        "iptables-legacy-save",
-        "ip6tables-legacy-restore",
-        "ip6tables-legacy-save",
-        "nft",
-    ];
+    // The variants only: plain `iptables` is whatever the host points it to.
+    let names = &weft_proxy::init::backend::BINARIES[4..];
     Facts {
         binaries: names
             .iter()

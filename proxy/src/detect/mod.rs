@@ -351,6 +351,21 @@ pub const DEFAULT_MAX: usize = 16 * 1024;
 /// ClientHello fits; the buffer doubles, up to `max`, only for longer ones.
 const INITIAL_BUFFER: usize = 2048;
 
+/// [`detect`], unless `skip` ([`skip_detection`] said so): then opaque at once, nothing read.
+pub async fn detect_or_skip<I>(
+    io: &mut I,
+    skip: bool,
+    timeout: Duration,
+) -> io::Result<(Detection, Bytes, DetectOutcome)>
+where
+    I: AsyncRead + Unpin + ?Sized,
+{
+    if skip {
+        return Ok((Detection::Opaque, Bytes::new(), DetectOutcome::Skipped));
+    }
+    detect(io, timeout, DEFAULT_MAX).await
+}
+
 /// Reads the first bytes of `io` until [`classify`] decides, and returns the answer, the
 /// bytes read (to replay with [`PrefixedIo`]: they are gone from `io`) and the outcome.
 ///

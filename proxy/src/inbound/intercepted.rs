@@ -19,14 +19,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inbound, InboundAccept, check_port};
 use crate::detect::{self, DetectOutcome, Detection, PrefixedIo};
-use crate::model::{Port, Protocol};
+use crate::model::Port;
 use crate::transport::{
     Admit, BoxFuture, ConnInfo, Intercepted, ServerTimeouts, TlsAccept, serve_http, serve_mesh_tls,
 };
@@ -71,18 +70,20 @@ impl InboundIntercepted {
                 .inbound
                 .as_deref()
                 .and_then(|i| i.port(port))
-                .map(declared_protocol);
+                .map(Port::declared_protocol);
             detect::skip_detection(port, declared, &[])
         };
-        let (detection, prefix, outcome) = if skip {
-            (Detection::Opaque, Bytes::new(), DetectOutcome::Skipped)
-        } else {
-            match detect::detect(&mut stream, self.detect_timeout, detect::DEFAULT_MAX).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(%dst, peer = %info.peer, error = %e, "inbound client failed during detection");
-                    return;
-                }
+        let (detection, prefix, outcome) = match detect::detect_or_skip(
+            &mut stream,
+            skip,
+            self.detect_timeout,
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%dst, peer = %info.peer, error = %e, "inbound client failed during detection");
+                return;
             }
         };
         self.inbound.metrics.protocol_detected(outcome);
@@ -161,19 +162,5 @@ impl InboundIntercepted {
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!(peer = %info.peer, %app, error = %e, "intercepted inbound TCP stream ended with an error");
         }
-    }
-}
-
-/// The protocol the workload declares for a port: its `appProtocol`-derived protocol when
-/// set, else the port's name (Istio's `<proto>[-suffix]` naming), as `skip_detection` reads it.
-fn declared_protocol(p: &Port) -> &str {
-    match p.protocol {
-        Protocol::Http => "http",
-        Protocol::Http2 => "http2",
-        Protocol::Grpc => "grpc",
-        Protocol::Tcp => "tcp",
-        Protocol::Tls => "tls",
-        Protocol::Https => "https",
-        Protocol::Unspecified => p.name.as_str(),
     }
 }

@@ -19,7 +19,7 @@ pub use intercepted::InboundIntercepted;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
@@ -29,7 +29,7 @@ use crate::outbound::{relay_response, request_authority, splice_upgrade};
 use crate::telemetry::{Metrics, RequestLabels};
 use crate::transport::{
     APP_PROTOCOL_HEADER, Admit, AppProtocol, ConnInfo, Connector, DST_PORT_HEADER, Handler,
-    MeshServerTls, TlsAccept, TlsFailure, TlsReason, strip_hop_by_hop,
+    MeshServerTls, TlsAccept, TlsFailure, TlsReason,
 };
 
 /// The caller's verified SPIFFE ID, attached to each inbound request as an extension (for
@@ -158,14 +158,9 @@ impl Inbound {
         );
         check_port(snapshot.inbound.as_deref(), port)?;
         let authority = request_authority(&req)?;
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, body) = crate::outbound::upstream_head(req, &authority)?;
         parts.headers.remove(DST_PORT_HEADER);
         parts.headers.remove(APP_PROTOCOL_HEADER);
-        strip_hop_by_hop(&mut parts.headers);
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::try_from(format!("http://{authority}{pq}")).map_err(|e| {
-            ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
-        })?;
         let up = Request::from_parts(parts, body::boxed(body));
         let target = SocketAddr::new(self.app_address, port);
         // No DestinationRule governs the local app: the connector's local profile.

@@ -366,26 +366,28 @@ pub fn diagnose(
     }
 }
 
+/// Every tool a backend may use, the order [`Facts`] tests rely on: iptables (whatever it
+/// points to), iptables-nft, iptables-legacy (restore/save for v4 and v6 each), then nft.
+pub const BINARIES: [&str; 13] = [
+    "iptables-restore",
+    "iptables-save",
+    "ip6tables-restore",
+    "ip6tables-save",
+    "iptables-nft-restore",
+    "iptables-nft-save",
+    "ip6tables-nft-restore",
+    "ip6tables-nft-save",
+    "iptables-legacy-restore",
+    "iptables-legacy-save",
+    "ip6tables-legacy-restore",
+    "ip6tables-legacy-save",
+    "nft",
+];
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
-
-    const ALL: [&str; 13] = [
-        "iptables-restore",
-        "iptables-save",
-        "ip6tables-restore",
-        "ip6tables-save",
-        "iptables-nft-restore",
-        "iptables-nft-save",
-        "ip6tables-nft-restore",
-        "ip6tables-nft-save",
-        "iptables-legacy-restore",
-        "iptables-legacy-save",
-        "ip6tables-legacy-restore",
-        "ip6tables-legacy-save",
-        "nft",
-    ];
 
     fn facts(bins: &[&str]) -> Facts {
         Facts {
@@ -415,7 +417,7 @@ mod tests {
     #[test]
     fn choice_table() {
         let debian = || {
-            let mut f = facts(&ALL);
+            let mut f = facts(&BINARIES);
             f.default_iptables = Some(Backend::IptablesNft);
             f
         };
@@ -509,7 +511,7 @@ mod tests {
             ),
             (
                 "only legacy binaries, no version info",
-                facts(&ALL[8..12]),
+                facts(&BINARIES[8..12]),
                 None,
                 Ok(Backend::IptablesLegacy),
             ),
@@ -517,7 +519,7 @@ mod tests {
                 "rules in legacy but its binaries are gone: the next step",
                 Facts {
                     legacy_save: rules(5),
-                    ..facts(&ALL[4..8])
+                    ..facts(&BINARIES[4..8])
                 },
                 None,
                 Ok(Backend::IptablesNft),
@@ -526,7 +528,7 @@ mod tests {
                 "plain binaries of the legacy variant serve as legacy",
                 Facts {
                     default_iptables: Some(Backend::IptablesLegacy),
-                    ..facts(&ALL[0..4])
+                    ..facts(&BINARIES[0..4])
                 },
                 Some(Backend::IptablesLegacy),
                 Ok(Backend::IptablesLegacy),
@@ -535,7 +537,7 @@ mod tests {
                 "plain binaries do not serve another variant",
                 Facts {
                     default_iptables: Some(Backend::IptablesLegacy),
-                    ..facts(&ALL[0..4])
+                    ..facts(&BINARIES[0..4])
                 },
                 Some(Backend::IptablesNft),
                 Err("backend iptables-nft needs the binary `iptables-nft-restore`"),
@@ -548,7 +550,7 @@ mod tests {
             ),
             (
                 "explicit nft without nft",
-                facts(&ALL[..12]),
+                facts(&BINARIES[..12]),
                 Some(Backend::Nft),
                 Err(
                     "backend nft needs the binary `nft`, which is not in PATH (install the `nftables` package)",

@@ -8,25 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::backend::{
-    self, Backend, CAP_NET_ADMIN, CAP_NET_RAW, Choice, Facts, SaveSummary, SetupError, Tools,
+    self, BINARIES, Backend, CAP_NET_ADMIN, CAP_NET_RAW, Choice, Facts, SaveSummary, SetupError,
+    Tools,
 };
 use super::rules::{Family, IptablesRules, NFT_TABLE, Plan};
-
-const BINARIES: [&str; 13] = [
-    "iptables-restore",
-    "iptables-save",
-    "ip6tables-restore",
-    "ip6tables-save",
-    "iptables-nft-restore",
-    "iptables-nft-save",
-    "ip6tables-nft-restore",
-    "ip6tables-nft-save",
-    "iptables-legacy-restore",
-    "iptables-legacy-save",
-    "ip6tables-legacy-restore",
-    "ip6tables-legacy-save",
-    "nft",
-];
 
 /// Finds `name` in PATH, then in the sbin directories (an init container's or a test's PATH
 /// may lack them, and that is where every distribution puts these tools).

@@ -222,6 +222,20 @@ impl Port {
     pub fn target(&self) -> u16 {
         self.target_port
     }
+
+    /// The protocol the port declares, as protocol detection reads it: its resolved protocol
+    /// when known, else its name (Istio's `<proto>[-suffix]` naming).
+    pub fn declared_protocol(&self) -> &str {
+        match self.protocol {
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Https => "https",
+            Protocol::Unspecified => self.name.as_str(),
+        }
+    }
 }
 
 /// Routing for one host.

@@ -432,12 +432,7 @@ impl Outbound {
             }
         }
 
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::try_from(format!("http://{authority}{pq}")).map_err(|e| {
-            ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
-        })?;
+        let (parts, body) = upstream_head(req, &authority)?;
         let policy = &*route.retries;
         let body = if policy.enabled() {
             AttemptBody::Replay(Some(ReplayBody::new(body, DEFAULT_REPLAY_LIMIT)))
@@ -731,12 +726,7 @@ impl Outbound {
         dest.service = PASSTHROUGH.to_string();
         dest.endpoint = Some(dst);
         dest.attempts = 1;
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::try_from(format!("http://{authority}{pq}")).map_err(|e| {
-            ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}"))
-        })?;
+        let (parts, body) = upstream_head(req, authority)?;
         let up = Request::from_parts(parts, body::boxed(body));
         // No DestinationRule governs an unknown destination: the proxy's default dial settings.
         let rsp = self
@@ -849,6 +839,20 @@ impl Outbound {
         };
         Ok((upstream, (permit, in_flight), ep.addr))
     }
+}
+
+/// The request head as it goes upstream: connection-scoped headers removed, the target made
+/// absolute (`http://<authority><path?query>`) whatever form the app used.
+pub(crate) fn upstream_head(
+    req: Request<Incoming>,
+    authority: &str,
+) -> Result<(http::request::Parts, Incoming), ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = Uri::try_from(format!("http://{authority}{pq}"))
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, format!("bad request target: {e}")))?;
+    Ok((parts, body))
 }
 
 /// What the attempt loop needs to know about the request's route and cluster.

@@ -21,14 +21,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Dest, Outbound, PASSTHROUGH, TcpHeld};
 use crate::detect::{self, DetectOutcome, Detection, PrefixedIo};
-use crate::model::{OutboundTrafficPolicy, Protocol, Service, Snapshot};
+use crate::model::{OutboundTrafficPolicy, Snapshot};
 use crate::routing;
 use crate::transport::{BoxFuture, ConnInfo, Intercepted, ServerTimeouts, Tunnel, serve_http};
 
@@ -88,20 +87,23 @@ impl Transparent {
             let snapshot = self.outbound.snapshot.load();
             let declared = snapshot
                 .service_for_addr(dst.ip(), dst.port())
-                .and_then(|s| declared_protocol(s, dst.port()));
+                .and_then(|s| s.ports.iter().find(|p| p.number == dst.port()))
+                .map(|p| p.declared_protocol());
             // No per-mesh opaque port list exists in the config yet; declared names and the
             // well-known server-first ports cover what it would.
             detect::skip_detection(dst.port(), declared, &[])
         };
-        let (detection, prefix, outcome) = if skip {
-            (Detection::Opaque, Bytes::new(), DetectOutcome::Skipped)
-        } else {
-            match detect::detect(&mut stream, self.detect_timeout, detect::DEFAULT_MAX).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(%dst, peer = %info.peer, error = %e, "client failed during detection");
-                    return;
-                }
+        let (detection, prefix, outcome) = match detect::detect_or_skip(
+            &mut stream,
+            skip,
+            self.detect_timeout,
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%dst, peer = %info.peer, error = %e, "client failed during detection");
+                return;
             }
         };
         metrics.protocol_detected(outcome);
@@ -208,21 +210,6 @@ fn is_own(own: &[SocketAddr], dst: SocketAddr, local: SocketAddr) -> bool {
         *a == dst
             || (a.port() == dst.port()
                 && (dst.ip() == local.ip() || (a.ip().is_unspecified() && dst.ip().is_loopback())))
-    })
-}
-
-/// The protocol a service declares for `port`: its `appProtocol`-derived protocol when set,
-/// else the port's name (Istio's `<proto>[-suffix]` naming).
-fn declared_protocol(service: &Service, port: u16) -> Option<&str> {
-    let p = service.ports.iter().find(|p| p.number == port)?;
-    Some(match p.protocol {
-        Protocol::Http => "http",
-        Protocol::Http2 => "http2",
-        Protocol::Grpc => "grpc",
-        Protocol::Tcp => "tcp",
-        Protocol::Tls => "tls",
-        Protocol::Https => "https",
-        Protocol::Unspecified => p.name.as_str(),
     })
 }
 

@@ -1,9 +1,10 @@
 //! Circuit breaking: the live per-cluster counters behind DestinationRule `connectionPool`.
 //!
-//! [`ClusterLimits`] is per cluster and outlives config snapshots (keep it in a
-//! [`LimitsRegistry`]); the limits themselves ([`PoolLimits`]) come from the snapshot current
-//! when a request arrives and are passed in on every call, so a config update applies to the
-//! next request with nothing to resize.
+//! [`ClusterLimits`] is per cluster and outlives config snapshots (`model::ClusterRuntime`
+//! keeps it); the limits themselves ([`PoolLimits`]) come from the snapshot current when a
+//! request arrives and are passed in on every call, so a config update applies to the next
+//! request with nothing to resize (queued requests learn of it through
+//! [`ClusterLimits::update_limits`]).
 //!
 //! HTTP requests (Envoy's semantics, per cluster):
 //! - `http2MaxRequests` bounds active requests; a request arriving at the bound fails at once
@@ -26,13 +27,12 @@
 //! Every counter is an atomic; the only lock is inside `tokio::sync::Notify`, never held
 //! across an await. Permits are RAII guards: dropping one releases it, on every path.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -259,69 +259,5 @@ impl Drop for RequestPermit {
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.cluster.connections.fetch_sub(1, SeqCst);
-    }
-}
-
-/// The [`ClusterLimits`] of every cluster, by cluster name, kept across config snapshots
-/// (a snapshot replaces the limits; the counters must carry on, or an update would reset
-/// every circuit breaker). Lookups are lock-free (an `ArcSwap`ped map); a cluster seen for
-/// the first time is added by copy-on-write, which happens once per cluster.
-#[derive(Debug)]
-pub struct LimitsRegistry {
-    map: ArcSwap<HashMap<Arc<str>, Arc<ClusterLimits>>>,
-}
-
-impl Default for LimitsRegistry {
-    fn default() -> Self {
-        Self {
-            map: ArcSwap::from_pointee(HashMap::new()),
-        }
-    }
-}
-
-impl LimitsRegistry {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The state of `cluster`, created on first use.
-    pub fn get(&self, cluster: &str) -> Arc<ClusterLimits> {
-        if let Some(c) = self.map.load().get(cluster) {
-            return Arc::clone(c);
-        }
-        let mut found = None;
-        self.map.rcu(|m| {
-            if let Some(c) = m.get(cluster) {
-                // Another thread added it first: keep theirs.
-                found = Some(Arc::clone(c));
-                return Arc::clone(m);
-            }
-            let c = ClusterLimits::new();
-            found = Some(Arc::clone(&c));
-            let mut m = HashMap::clone(m);
-            m.insert(Arc::from(cluster), c);
-            Arc::new(m)
-        });
-        found.unwrap_or_default()
-    }
-
-    /// Forgets clusters `keep` says no: call after each snapshot with "is still in the
-    /// snapshot". In-flight permits keep their state alive until they drop; a cluster that
-    /// comes back later starts from zero.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.map.rcu(|m| {
-            let mut m = HashMap::clone(m);
-            m.retain(|name, _| keep(name));
-            m
-        });
-    }
-
-    /// Clusters tracked now.
-    pub fn len(&self) -> usize {
-        self.map.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -9,7 +9,8 @@
 //! 2. **Route deadline**: arrival (after the delay) + [`config::route_timeout`], if any.
 //!    Everything below runs under it; on expiry answer 504 [`Reason::Timeout`].
 //! 3. Per attempt, with a [`RetryState`] (`begin_attempt`):
-//!    1. pick an endpoint (on a retry with `ignore_previous_hosts`: [`pick_avoiding`]);
+//!    1. pick an endpoint (the balancer; on a retry with `ignore_previous_hosts`, excluding
+//!       the endpoints already tried when another is left);
 //!       none: 503 [`Reason::NoHealthyEndpoints`];
 //!    2. **limits**: [`ClusterLimits::acquire_request`] (may wait in the pending queue);
 //!       `Err(overflow)` is the outcome [`AttemptOutcome::Overflow`];
@@ -23,8 +24,8 @@
 //!       [`AttemptOutcome::reason`]; log `why` ([`RetryStop`]) when a retry was considered.
 //!
 //! State that is per cluster and must survive config snapshots: [`ClusterLimits`] (active and
-//! pending requests, TCP connections, outstanding retries), kept in a [`LimitsRegistry`] by
-//! cluster name. Config ([`RetryPolicy`], [`Fault`], [`ClusterPolicy`]) is per snapshot and
+//! pending requests, TCP connections, outstanding retries), kept per cluster name beside the
+//! snapshots by `model::ClusterRuntime`. Config ([`RetryPolicy`], [`Fault`], [`ClusterPolicy`]) is per snapshot and
 //! passed in on each call. Per request: [`RetryState`] and the permits.
 
 pub mod backoff;
@@ -39,7 +40,7 @@ pub mod retry;
 mod tests;
 
 pub use backoff::backoff;
-pub use breaker::{ClusterLimits, ConnectionPermit, LimitsRegistry, Overflow, RequestPermit};
+pub use breaker::{ClusterLimits, ConnectionPermit, Overflow, RequestPermit};
 pub use budget::RetryPermit;
 pub use config::{
     AbortKind, ClusterPolicy, Fault, FaultAbort, FaultDelay, PoolLimits, RetryBudget,
@@ -49,5 +50,5 @@ pub use fault::{FaultDecision, abort_response, decide_fault};
 pub use reason::{CompactDuration, EndpointScope, REASON_HEADER, Reason};
 pub use retry::{
     AttemptOutcome, RetryState, RetryStep, RetryStop, TimeoutKind, attempt_deadline,
-    grpc_to_http_status, pick_avoiding, retriable,
+    grpc_to_http_status, retriable,
 };

@@ -33,11 +33,6 @@ use super::budget::RetryPermit;
 use super::config::{ClusterPolicy, RetryCondition as C, RetryPolicy};
 use super::reason::Reason;
 
-/// When [`RetryPolicy::ignore_previous_hosts`] is set, how many times a retry's endpoint is
-/// re-picked while the pick is one the request already tried (Istio sets Envoy's
-/// `host_selection_retry_max_attempts` to 5). After that the last pick is used.
-pub const HOST_SELECTION_MAX_ATTEMPTS: u32 = 5;
-
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {
@@ -321,19 +316,4 @@ pub fn attempt_deadline(
         (None, Some(p)) => Some((p, TimeoutKind::PerTry)),
         (None, None) => None,
     }
-}
-
-/// Picks an endpoint for a retry avoiding those in `tried` (Envoy's previous-hosts
-/// predicate): calls `pick` again while it returns a tried endpoint, at most
-/// [`HOST_SELECTION_MAX_ATTEMPTS`] times, then keeps the last pick (a cluster with one
-/// endpoint must still be retried). `None` only if `pick` finds nothing.
-pub fn pick_avoiding<T: PartialEq>(tried: &[T], mut pick: impl FnMut() -> Option<T>) -> Option<T> {
-    let mut chosen = pick()?;
-    for _ in 0..HOST_SELECTION_MAX_ATTEMPTS {
-        if !tried.contains(&chosen) {
-            break;
-        }
-        chosen = pick()?;
-    }
-    Some(chosen)
 }

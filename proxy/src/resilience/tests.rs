@@ -326,20 +326,6 @@ fn outcomes_name_their_reason() {
     );
 }
 
-#[test]
-fn previous_hosts_are_avoided_a_bounded_number_of_times() {
-    let mut picks = [1, 1, 2].into_iter();
-    assert_eq!(pick_avoiding(&[1], || picks.next()), Some(2));
-    // A single endpoint: re-picked 5 times, then used anyway.
-    let mut calls = 0;
-    let got = pick_avoiding(&[7], || {
-        calls += 1;
-        Some(7)
-    });
-    assert_eq!((got, calls), (Some(7), 6));
-    assert_eq!(pick_avoiding::<u32>(&[], || None), None);
-}
-
 #[tokio::test(start_paused = true)]
 async fn attempt_deadlines() {
     let now = tokio::time::Instant::now();
@@ -771,20 +757,6 @@ fn tcp_connections_fail_fast_at_max_connections() {
     drop(a);
     assert!(cluster.acquire_connection(&limits).is_ok());
     assert_eq!(cluster.active_connections(), 1);
-}
-
-#[test]
-fn the_registry_keeps_state_across_lookups() {
-    let registry = LimitsRegistry::new();
-    let a = registry.get("outbound|80||a");
-    let _permit = a.acquire_connection(&PoolLimits::default()).unwrap();
-    assert_eq!(registry.get("outbound|80||a").active_connections(), 1);
-    assert!(Arc::ptr_eq(&a, &registry.get("outbound|80||a")));
-    registry.get("outbound|80||b");
-    assert_eq!(registry.len(), 2);
-    registry.retain(|name| name.ends_with("||b"));
-    assert_eq!(registry.len(), 1);
-    assert_eq!(registry.get("outbound|80||a").active_connections(), 0);
 }
 
 // === faults ===

@@ -161,16 +161,7 @@ impl H1Pool {
     }
 
     fn slot(&self, key: &PoolKey) -> Arc<Slot> {
-        if let Some(s) = self.peers.load().get(key) {
-            return s.clone();
-        }
-        let mut out = None;
-        self.peers.rcu(|peers| {
-            let mut peers = HashMap::clone(peers);
-            out = Some(peers.entry(key.clone()).or_default().clone());
-            peers
-        });
-        out.unwrap_or_default()
+        super::h2pool::slot_for(&self.peers, key)
     }
 
     /// Drops the entries of keys without a connection (nobody else holds the slot: every

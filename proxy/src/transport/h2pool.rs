@@ -272,16 +272,7 @@ impl H2Pool {
     }
 
     fn slot(&self, key: &PoolKey) -> Arc<Slot> {
-        if let Some(s) = self.peers.load().get(key) {
-            return s.clone();
-        }
-        let mut out = None;
-        self.peers.rcu(|peers| {
-            let mut peers = HashMap::clone(peers);
-            out = Some(peers.entry(key.clone()).or_default().clone());
-            peers
-        });
-        out.unwrap_or_default()
+        slot_for(&self.peers, key)
     }
 
     /// Drops the entries of keys without a connection that no request holds (so nobody is
@@ -549,4 +540,22 @@ impl http_body::Body for LeasedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The entry of `key` in a pool's map, added (copy-on-write) when missing: lookups stay
+/// lock-free, and a key is added once per peer and settings, not per request.
+pub(super) fn slot_for<S: Default>(
+    peers: &ArcSwap<HashMap<PoolKey, Arc<S>>>,
+    key: &PoolKey,
+) -> Arc<S> {
+    if let Some(s) = peers.load().get(key) {
+        return s.clone();
+    }
+    let mut out = None;
+    peers.rcu(|map| {
+        let mut map = HashMap::clone(map);
+        out = Some(map.entry(key.clone()).or_default().clone());
+        map
+    });
+    out.unwrap_or_default()
 }

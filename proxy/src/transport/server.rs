@@ -199,22 +199,14 @@ pub async fn serve_intercepting<H: Handler>(
         // A REDIRECT to ourselves reports the listener itself as the original destination when
         // nothing was redirected; that is local mode, not interception.
         match orig.orig_dst(&stream).filter(|d| *d != local) {
-            Some(dst) => {
-                let _ = stream.set_nodelay(true);
-                let info = ConnInfo {
-                    peer,
-                    local,
-                    orig_dst: Some(dst),
-                    tls: false,
-                    peer_identity: None,
-                };
-                tracker.spawn(intercepted.clone().serve_intercepted(
-                    stream,
-                    info,
-                    shutdown.clone(),
-                    timeouts,
-                ));
-            }
+            Some(dst) => spawn_intercepted(
+                &tracker,
+                &intercepted,
+                stream,
+                (peer, local, dst),
+                &shutdown,
+                timeouts,
+            ),
             None if !may_use_explicit_proxy(peer, local) => {
                 // Not redirected and not from this pod: another pod dialing <pod IP>:15001
                 // directly must not get a relay that speaks with this workload's identity
@@ -258,22 +250,15 @@ pub async fn serve_tls<H: Handler>(
         let local = local_addr(&stream, peer);
         // As on the outbound: the listener itself as original destination means "not
         // redirected".
-        let orig_dst = orig.orig_dst(&stream).filter(|d| *d != local);
-        if orig_dst.is_some() {
-            let _ = stream.set_nodelay(true);
-            let info = ConnInfo {
-                peer,
-                local,
-                orig_dst,
-                tls: false,
-                peer_identity: None,
-            };
-            tracker.spawn(intercepted.clone().serve_intercepted(
+        if let Some(dst) = orig.orig_dst(&stream).filter(|d| *d != local) {
+            spawn_intercepted(
+                &tracker,
+                &intercepted,
                 stream,
-                info,
-                shutdown.clone(),
+                (peer, local, dst),
+                &shutdown,
                 timeouts,
-            ));
+            );
             continue;
         }
         tracker.spawn(serve_conn(
@@ -293,6 +278,31 @@ pub async fn serve_tls<H: Handler>(
 /// address).
 pub(crate) fn may_use_explicit_proxy(peer: SocketAddr, local: SocketAddr) -> bool {
     peer.ip().is_loopback() || peer.ip() == local.ip()
+}
+
+/// Hands a redirected connection (`peer`, `local`, original destination) to `intercepted`,
+/// before anything is read from it.
+fn spawn_intercepted(
+    tracker: &TaskTracker,
+    intercepted: &Arc<dyn Intercepted>,
+    stream: TcpStream,
+    (peer, local, dst): (SocketAddr, SocketAddr, SocketAddr),
+    shutdown: &CancellationToken,
+    timeouts: ServerTimeouts,
+) {
+    let _ = stream.set_nodelay(true);
+    let info = ConnInfo {
+        peer,
+        local,
+        orig_dst: Some(dst),
+        tls: false,
+        peer_identity: None,
+    };
+    tracker.spawn(
+        intercepted
+            .clone()
+            .serve_intercepted(stream, info, shutdown.clone(), timeouts),
+    );
 }
 
 /// The next accepted connection, or `None` once `shutdown` fires.
