@@ -189,6 +189,10 @@ pub struct RunArgs {
     /// The CA's host:port; defaults to --xds-addr (both are served on 15012).
     #[arg(long, env = "WEFT_CA_ADDR")]
     pub ca_addr: Option<String>,
+    /// Worker threads of the data path (Istio's `concurrency`): 1 runs everything on one
+    /// thread, which is what the benchmarks compare with one nginx worker or HAProxy thread.
+    #[arg(long, env = "WEFT_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
     /// Requested certificate lifetime in seconds; 0 takes the CA's default.
     #[arg(long, env = "WEFT_CERT_VALIDITY_SECONDS", default_value_t = 0)]
     pub cert_validity_seconds: u64,
@@ -293,12 +297,16 @@ fn run(args: &RunArgs) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 
-    // Two workers: a sidecar shares its pod's CPU; more threads would mostly contend.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // Two workers by default: a sidecar shares its pod's CPU; more threads would mostly
+    // contend. One worker is a current-thread runtime: no work stealing, no cross-thread wakeups.
+    let mut builder = if args.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(args.concurrency));
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft-proxy: cannot start the runtime: {e}");
