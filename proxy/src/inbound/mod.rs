@@ -56,9 +56,9 @@ impl Handler for Inbound {
         }
         let grpc = crate::errors::is_grpc(req.headers());
         let rsp = if req.method() == Method::CONNECT {
-            self.connect(&snapshot, req, &conn).await
+            Box::pin(self.connect(&snapshot, req, &conn)).await
         } else {
-            self.http(&snapshot, req, &conn).await
+            Box::pin(self.http(&snapshot, req, &conn)).await
         };
         let mut reason = "";
         let rsp = rsp.unwrap_or_else(|e| {

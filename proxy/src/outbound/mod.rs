@@ -227,10 +227,13 @@ impl Handler for Outbound {
             Some(dst) => Select::ByAddr(dst),
             None => Select::ByHost,
         };
+        // Boxed: the request path's state machine is several KiB, and hyper moves the
+        // handler's future by value (into its dispatcher); a box keeps that move a pointer
+        // (callgrind: a tenth of a request's instructions were that memcpy).
         let rsp = if method == Method::CONNECT {
-            self.connect(&snapshot, req, &conn, &mut dest).await
+            Box::pin(self.connect(&snapshot, req, &conn, &mut dest)).await
         } else {
-            self.http(&snapshot, req, &conn, select, &mut dest).await
+            Box::pin(self.http(&snapshot, req, &conn, select, &mut dest)).await
         };
         let rsp = rsp.unwrap_or_else(|e| {
             tracing::debug!(error = %e, kind = e.kind.code(), "outbound request failed");

