@@ -8,6 +8,7 @@ pub mod app;
 pub mod certs;
 pub mod load;
 pub mod peers;
+pub mod probe;
 pub mod report;
 pub mod rtt;
 pub mod scale;

@@ -3,6 +3,7 @@
 //!
 //! - `app`: the upstream application (HTTP echo, gRPC echo, TCP echo);
 //! - `load`: the open-loop, coordinated-omission-corrected load generator;
+//! - `probe`: wait until a URL answers 200 (readiness inside a namespace);
 //! - `rtt`: a TCP ping-pong for the calibration block;
 //! - `scale`: the control plane at scale (W8) and the sidecar's memory against config size (W7);
 //! - `suite`: the whole run of PERFORMANCE.md §7 (namespaces, peers, rounds, report).
@@ -10,7 +11,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weft_bench::{app, load, rtt, scale, suite};
+use weft_bench::{app, load, probe, rtt, scale, suite};
 
 #[derive(Debug, Parser)]
 #[command(name = "meshbench", version, about = "Weft's benchmarks")]
@@ -26,6 +27,8 @@ enum Command {
     App(app::Args),
     /// Drive load at a target and print one JSON report on stdout.
     Load(load::Args),
+    /// Poll a URL until it answers 200 (readiness of peers and proxies inside a namespace).
+    Probe(probe::Args),
     /// TCP ping-pong round trips against a TCP echo (calibration).
     Rtt(rtt::Args),
     /// Control plane and config scale: W7 (sidecar RSS by config size) and W8 (N simulated
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::App(a) => app::main(a),
         Command::Load(a) => load::main(a),
+        Command::Probe(a) => probe::main(a),
         Command::Rtt(a) => rtt::main(a),
         Command::Scale(a) => scale::main(a),
         Command::Suite(a) => suite::main(a),
