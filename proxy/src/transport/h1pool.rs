@@ -22,7 +22,6 @@
 //! - One task per connection drives it and closes it when it sits idle past the idle timeout
 //!   or its lifetime, so idle connections do not linger until the next checkout.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -36,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::dial::{self, PoolError, TlsConfigFn};
-use super::h2pool::PoolKey;
+use super::h2pool::{PeerMap, PoolKey};
 use super::tls::{TlsFailure, TlsReason};
 use crate::body::Body;
 
@@ -75,7 +74,7 @@ struct Slot {
 
 pub struct H1Pool {
     /// Copy-on-write: written only when a key is added or pruned (on a dial), read lock-free.
-    peers: ArcSwap<HashMap<PoolKey, Arc<Slot>>>,
+    peers: ArcSwap<PeerMap<Slot>>,
 }
 
 impl std::fmt::Debug for H1Pool {
@@ -89,7 +88,7 @@ impl std::fmt::Debug for H1Pool {
 impl Default for H1Pool {
     fn default() -> Self {
         Self {
-            peers: ArcSwap::from_pointee(HashMap::new()),
+            peers: ArcSwap::from_pointee(PeerMap::default()),
         }
     }
 }
@@ -178,7 +177,7 @@ impl H1Pool {
                 .iter()
                 .filter(|(_, s)| !dead(s))
                 .map(|(a, s)| (a.clone(), s.clone()))
-                .collect::<HashMap<_, _>>()
+                .collect::<PeerMap<_>>()
         });
     }
 
