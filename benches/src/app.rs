@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -160,7 +160,13 @@ fn respond(req: Request<Incoming>, chunk: &Bytes) -> Response<AppBody> {
                     left,
                 },
             ),
-            Ok(_) => (StatusCode::OK, AppBody::Empty),
+            Ok(_) => {
+                // HEAD: the headers a GET would get (content-length n), no body.
+                let mut resp = Response::new(AppBody::Empty);
+                resp.headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(n));
+                return resp;
+            }
             Err(_) => (StatusCode::NOT_FOUND, AppBody::Empty),
         },
         Route::Echo => (StatusCode::OK, AppBody::Echo(req.into_body())),

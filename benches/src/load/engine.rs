@@ -18,8 +18,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
 use super::Spec;
-use super::proto::{Failure, Shape, chain, finish};
-use super::record::{Recorder, Shared};
+use super::proto::{Failure, Shape, chain, finish, is_fd_exhaustion, is_refused_stream};
+use super::record::{LAG_NOTICE, Recorder, Shared};
 use super::schedule::Plan;
 
 type Body = Full<Bytes>;
@@ -53,6 +53,35 @@ impl Clock {
     }
 }
 
+/// Where a request's latency starts. Held back by the target (its connection busy with a late
+/// answer, or the in-flight cap full): from its intended time. Otherwise from its send, but
+/// at most [`LAG_NOTICE`] (tokio's timer tick) after the intended time: a generator too busy
+/// to send on time (e.g. sharing its core with the proxy under test) must not hide the
+/// queueing it suffered with the target.
+fn charged_from(due: Instant, sent: Instant, held: bool) -> Instant {
+    if held {
+        due
+    } else {
+        sent.min(due + LAG_NOTICE)
+    }
+}
+
+/// When to wake for a request due at `due`. tokio rounds a deadline up to its next 1 ms tick
+/// and epoll's timeout up to a whole millisecond, so a timer set for `due` fires 0–2 ms late
+/// (most requests would count as lagged, and be charged up to 1 ms that is nobody's). Set
+/// 1 ms early, it fires within about ±1 ms of `due`; an early request goes out at once and is
+/// measured from its send.
+fn wake_for(due: Instant) -> Instant {
+    due.checked_sub(LAG_NOTICE).unwrap_or(due)
+}
+
+/// An HTTP/2 connection shared by many requests, and how many times it was replaced (so a
+/// request that saw its connection fail replaces that one, not a newer one).
+struct Slot {
+    conn: Option<http2::SendRequest<Body>>,
+    generation: u64,
+}
+
 /// A connection ready to carry requests.
 enum Sender {
     H1(http1::SendRequest<Body>),
@@ -79,6 +108,8 @@ impl Sender {
             let text = chain(e.error());
             if unsent {
                 Failure::Unsent(text)
+            } else if is_refused_stream(&text) {
+                Failure::Refused(text)
             } else {
                 Failure::Transport(text)
             }
@@ -106,7 +137,7 @@ pub(crate) async fn drive(spec: &Spec, shape: Shape) -> anyhow::Result<Recorder>
     let conns = spec.conns;
     match spec.rate {
         Some(rate) if spec.new_conn || spec.proto.is_h2() => {
-            let slots: Vec<AsyncMutex<Option<http2::SendRequest<Body>>>> = if spec.new_conn {
+            let slots: Vec<AsyncMutex<Slot>> = if spec.new_conn {
                 Vec::new()
             } else {
                 let limit = spec.timeout;
@@ -114,7 +145,12 @@ pub(crate) async fn drive(spec: &Spec, shape: Shape) -> anyhow::Result<Recorder>
                     (0..conns).map(|_| tokio::time::timeout(limit, ctx.connect_h2(count_initial)));
                 let made = join_all(connects).await;
                 made.into_iter()
-                    .map(|c| AsyncMutex::new(c.ok().and_then(Result::ok)))
+                    .map(|c| {
+                        AsyncMutex::new(Slot {
+                            conn: c.ok().and_then(Result::ok),
+                            generation: 0,
+                        })
+                    })
                     .collect()
             };
             ctx.clock = Clock::start_now(spec);
@@ -169,9 +205,16 @@ impl Ctx<'_> {
 
     async fn tcp(&self, count: bool) -> Result<TokioIo<TcpStream>, Failure> {
         let target = self.spec.target;
-        let stream = TcpStream::connect(target)
-            .await
-            .map_err(|e| Failure::Transport(format!("connect {target}: {e}")))?;
+        let stream = TcpStream::connect(target).await.map_err(|e| {
+            if is_fd_exhaustion(&e) {
+                Failure::Generator(format!(
+                    "connect {target}: {e} (raise the open-files limit or lower \
+                     --max-in-flight)"
+                ))
+            } else {
+                Failure::Transport(format!("connect {target}: {e}"))
+            }
+        })?;
         if count {
             self.stats.with(|r| r.connections += 1);
         }
@@ -228,8 +271,10 @@ impl Ctx<'_> {
 
     fn record(&self, result: Result<(), Failure>, start: Instant, sent: Instant) {
         let done = Instant::now();
+        let in_window = done <= self.clock.we;
         self.stats.with(|r| match result {
-            Ok(()) => r.ok(done - start, done - sent),
+            Ok(()) => r.ok(done - start, done - sent, in_window),
+            Err(Failure::Generator(message)) => r.generator_error(&message),
             Err(failure) => r.error(failure.message()),
         });
     }
@@ -291,28 +336,38 @@ impl Ctx<'_> {
     /// it closed replaces (the others wait for that one connect).
     async fn on_shared(
         &self,
-        slot: &AsyncMutex<Option<http2::SendRequest<Body>>>,
+        slot: &AsyncMutex<Slot>,
         count: bool,
         sent: Instant,
     ) -> Result<(), Failure> {
         let deadline = self.deadline(sent);
         let attempt = async {
-            // A connection that went away before the request left is replaced once.
+            // A request the server never processed is sent once more: after an Unsent on a
+            // new connection (the old one is dying even if it does not say closed yet), after
+            // REFUSED_STREAM on the same one.
             let mut tries = 0;
             loop {
                 tries += 1;
-                let sender = {
+                let (sender, generation) = {
                     let mut guard = slot.lock().await;
-                    let current = match guard.take() {
+                    let current = match guard.conn.take() {
                         Some(s) if !s.is_closed() => s,
-                        _ => self.connect_h2(count).await?,
+                        _ => {
+                            let fresh = self.connect_h2(count).await?;
+                            guard.generation += 1;
+                            fresh
+                        }
                     };
-                    guard.insert(current).clone()
+                    (guard.conn.insert(current).clone(), guard.generation)
                 };
                 match Sender::H2(sender).exchange(&self.shape).await {
                     Err(Failure::Unsent(_)) if tries < 2 => {
-                        slot.lock().await.take_if(|s| s.is_closed());
+                        let mut guard = slot.lock().await;
+                        if guard.generation == generation {
+                            guard.conn = None;
+                        }
                     }
+                    Err(Failure::Refused(_)) if tries < 2 => {}
                     other => return other,
                 }
             }
@@ -326,40 +381,41 @@ impl Ctx<'_> {
     async fn open_lane(&self, plan: &Plan, lane: u64, mut conn: Option<Sender>) {
         let step = self.spec.conns as u64;
         let mut k = lane;
+        // When the previous exchange on this connection ended.
+        let mut answered = self.clock.t0;
         while k < plan.end {
             let due = self.clock.t0 + plan.offset(k);
-            let now = Instant::now();
-            if now >= self.clock.drain {
+            if Instant::now() >= self.clock.drain {
                 let left = plan.measured_left(k, step);
                 self.stats.with(|r| r.errors(left, NOT_SENT));
                 return;
             }
             let measured = plan.measured(k);
-            // Past its due time already: the previous answer on this connection came late,
-            // so the target held this request back and it counts from its intended time.
-            let held = now > due;
+            // The previous answer came after this request's due time: the target held it
+            // back, and it counts from its intended time. Merely finding the time passed is
+            // not enough: the generator itself may have been late to run the lane.
+            let held = answered > due;
             if !held {
-                sleep_until(due).await;
+                sleep_until(wake_for(due)).await;
             }
             let sent = Instant::now();
             if measured && !held {
                 self.stats.with(|r| r.lag(sent - due));
             }
             let result = self.on_lane(&mut conn, measured, sent).await;
+            answered = Instant::now();
             if measured {
-                self.record(result, if held { due } else { sent }, sent);
+                self.record(result, charged_from(due, sent, held), sent);
             }
             k += step;
         }
     }
 
     /// Open loop with concurrent requests (HTTP/2 round-robin over `slots`, or a new connection
-    /// per request when `slots` is empty), at most `--max-in-flight` at once.
-    async fn open_dispatch(
-        &self,
-        plan: &Plan,
-        slots: &[AsyncMutex<Option<http2::SendRequest<Body>>>],
-    ) {
+    /// per request when `slots` is empty), at most `--max-in-flight` at once. Every request
+    /// that is due goes out before another completion is taken: a burst of answers must not
+    /// delay the schedule.
+    async fn open_dispatch(&self, plan: &Plan, slots: &[AsyncMutex<Slot>]) {
         let cap = self.spec.max_in_flight;
         let mut in_flight = FuturesUnordered::new();
         let mut k = 0u64;
@@ -369,35 +425,43 @@ impl Ctx<'_> {
         let timer = sleep_until(self.clock.t0);
         tokio::pin!(timer);
         loop {
+            while k < plan.end && in_flight.len() < cap {
+                let due = self.clock.t0 + plan.offset(k);
+                let now = Instant::now();
+                if now < wake_for(due) {
+                    break;
+                }
+                if now >= self.clock.drain {
+                    self.stats
+                        .with(|r| r.errors(plan.measured_left(k, 1), NOT_SENT));
+                    k = plan.end;
+                    break;
+                }
+                let held = freed.is_some_and(|f| f > due);
+                let measured = plan.measured(k);
+                if measured && !held {
+                    self.stats.with(|r| r.lag(now - due));
+                }
+                let slot = (!slots.is_empty()).then(|| &slots[(k % slots.len() as u64) as usize]);
+                let start = charged_from(due, now, held);
+                in_flight.push(self.dispatched(slot, measured, start, now));
+                k += 1;
+            }
             if k >= plan.end && in_flight.is_empty() {
                 break;
             }
-            let can_start = k < plan.end && in_flight.len() < cap;
+            let waiting = k < plan.end && in_flight.len() < cap;
+            if waiting {
+                timer
+                    .as_mut()
+                    .reset(wake_for(self.clock.t0 + plan.offset(k)));
+            }
             tokio::select! {
                 biased;
+                () = &mut timer, if waiting => {}
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {
                     if in_flight.len() + 1 == cap {
                         freed = Some(Instant::now());
-                    }
-                }
-                () = &mut timer, if can_start => {
-                    let due = self.clock.t0 + plan.offset(k);
-                    let now = Instant::now();
-                    if now >= self.clock.drain {
-                        self.stats.with(|r| r.errors(plan.measured_left(k, 1), NOT_SENT));
-                        k = plan.end;
-                        continue;
-                    }
-                    let held = freed.is_some_and(|f| f > due);
-                    let measured = plan.measured(k);
-                    if measured && !held {
-                        self.stats.with(|r| r.lag(now - due));
-                    }
-                    let slot = (!slots.is_empty()).then(|| &slots[(k % slots.len() as u64) as usize]);
-                    in_flight.push(self.dispatched(slot, measured, if held { due } else { now }, now));
-                    k += 1;
-                    if k < plan.end {
-                        timer.as_mut().reset(self.clock.t0 + plan.offset(k));
                     }
                 }
                 else => break,
@@ -407,7 +471,7 @@ impl Ctx<'_> {
 
     async fn dispatched(
         &self,
-        slot: Option<&AsyncMutex<Option<http2::SendRequest<Body>>>>,
+        slot: Option<&AsyncMutex<Slot>>,
         measured: bool,
         start: Instant,
         sent: Instant,
@@ -443,5 +507,23 @@ impl Ctx<'_> {
                 sleep(CLOSED_LOOP_BACKOFF).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_timer_tick_is_forgiven() {
+        let due = Instant::now();
+        let ms = Duration::from_millis;
+        // On time or within the tick: from the send.
+        assert_eq!(charged_from(due, due, false), due);
+        assert_eq!(charged_from(due, due + ms(1), false), due + ms(1));
+        // A starved generator sending 30 ms late: charged from 1 ms after the intended time.
+        assert_eq!(charged_from(due, due + ms(30), false), due + ms(1));
+        // Held back by the target: from the intended time.
+        assert_eq!(charged_from(due, due + ms(30), true), due);
     }
 }

@@ -10,16 +10,22 @@
 //! - **The correction**: a request held back by the target (its connection still busy with a
 //!   late answer, or the in-flight cap full) is measured from its *intended* time, so a stall
 //!   shows up in every request it delayed and not only in the one that hit it. A request whose
-//!   own timer merely fired late (tokio's timer has 1 ms granularity) is measured from its
-//!   actual send, so that jitter, which is the generator's and not the target's, is not
-//!   charged to the target; a generator short of CPU is reported on stderr instead. The
-//!   timer also limits one HTTP/1.1 connection to about 500 rps of precise pacing (a warning
-//!   says so): use more connections for higher rates.
+//!   own timer fired late is measured from its actual send but at most 1 ms after its
+//!   intended time: tokio's timer tick is forgiven, a generator short of CPU is not (its
+//!   delay is charged, counted in `lagged`, and reported on stderr). Timers are set 1 ms
+//!   early because tokio's fire up to 2 ms late; a request woken early goes out at once and
+//!   is measured from its send. The timer also limits one HTTP/1.1 connection to about
+//!   500 rps of precise pacing (a warning says so): use more connections for higher rates.
 //! - **Closed loop** (no `--rate`): each connection sends back to back, measured from the send.
 //! - **Window**: the schedule runs warm-up then the measured window; a request belongs to the
 //!   window when its intended time (closed loop: its send) falls in it. After the window the
 //!   backlog is drained for at most `--timeout`; what is still unsent or unanswered then counts
-//!   as an error, so `requests` is exactly `rate × duration` in open loop.
+//!   as an error, so `requests` is exactly `rate × duration` in open loop. `achieved_rps`
+//!   counts only the answers that arrived inside the window; those of the drain are
+//!   `ok_after_window`.
+//! - **File descriptors**: `main` raises the open-files limit to its hard limit and keeps
+//!   `--max-in-flight` under it; a request that still finds none is a `generator_errors`,
+//!   not a target error.
 
 mod engine;
 mod proto;
@@ -135,11 +141,11 @@ pub struct Report {
     pub proto: String,
     pub open_loop: bool,
     pub offered_rps: Option<f64>,
-    /// ok responses / measured seconds
+    /// Ok answers that arrived inside the measured window / measured seconds.
     pub achieved_rps: f64,
     pub measured_s: f64,
-    /// Requests of the measured window (ok + errors): scheduled in it (open loop) or sent in it
-    /// (closed loop).
+    /// Requests of the measured window (ok + errors + generator_errors): scheduled in it (open
+    /// loop) or sent in it (closed loop).
     pub requests: u64,
     pub ok: u64,
     pub errors: u64,
@@ -149,6 +155,23 @@ pub struct Report {
     pub connections: u64,
     /// Ok requests, in microseconds; open loop: CO-corrected (see the module doc).
     pub latency_us: Latency,
+    /// Of `ok`: answers that arrived during the drain after the window (not in
+    /// `achieved_rps`).
+    #[serde(default)]
+    pub ok_after_window: u64,
+    /// Measured requests the generator itself failed to make (out of file descriptors); in
+    /// `requests`, not in `errors`.
+    #[serde(default)]
+    pub generator_errors: u64,
+    /// Measured requests the generator sent more than 1 ms after their due time (short of
+    /// CPU), and the worst such delay in microseconds; their delay is in `latency_us`.
+    #[serde(default)]
+    pub lagged: u64,
+    #[serde(default)]
+    pub max_lag_us: f64,
+    /// p99 of ok requests measured from their actual send (no correction), in microseconds.
+    #[serde(default)]
+    pub service_p99_us: f64,
 }
 
 /// Latency percentiles in microseconds.
@@ -170,7 +193,7 @@ pub struct Detailed {
     pub latency: Histogram<u64>,
     /// Ok requests from their actual send (what an uncorrected generator reports), in µs.
     pub service: Histogram<u64>,
-    /// Measured requests whose timer fired more than 2 ms late (the generator lacked CPU).
+    /// Measured requests sent more than 1 ms after their due time (the generator lacked CPU).
     pub lagged: u64,
     /// The latest a timer fired.
     pub max_lag: Duration,
@@ -260,18 +283,24 @@ pub async fn run_detailed(spec: &Spec) -> anyhow::Result<Detailed> {
     let shape = proto::Shape::new(spec)?;
     let recorder = engine::drive(spec, shape).await?;
     let measured_s = spec.duration.as_secs_f64();
+    let in_window = recorder.ok - recorder.ok_after_window;
     let report = Report {
         proto: spec.proto.as_str().to_owned(),
         open_loop: spec.rate.is_some(),
         offered_rps: spec.rate,
-        achieved_rps: recorder.ok as f64 / measured_s,
+        achieved_rps: in_window as f64 / measured_s,
         measured_s,
-        requests: recorder.ok + recorder.errors,
+        requests: recorder.ok + recorder.errors + recorder.generator_errors,
         ok: recorder.ok,
         errors: recorder.errors,
         error_samples: recorder.samples.clone(),
         connections: recorder.connections,
         latency_us: record::summarize(&recorder.latency),
+        ok_after_window: recorder.ok_after_window,
+        generator_errors: recorder.generator_errors,
+        lagged: recorder.lagged,
+        max_lag_us: recorder.max_lag.as_secs_f64() * 1e6,
+        service_p99_us: record::summarize(&recorder.service).p99,
     };
     Ok(Detailed {
         report,
@@ -295,10 +324,60 @@ fn pacing_note(spec: &Spec) -> Option<String> {
     })
 }
 
+/// File descriptors kept for everything but the requests' sockets (stdio, the runtime's epoll
+/// and wakers, an in-process target in tests).
+const FD_RESERVE: u64 = 64;
+
+/// The in-flight cap that fits in `nofile` descriptors (`None`: unlimited); at least 1.
+fn fd_cap(max_in_flight: usize, nofile: Option<u64>) -> usize {
+    match nofile {
+        None => max_in_flight,
+        Some(limit) => {
+            let usable = usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+            max_in_flight.min(usable).max(1)
+        }
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit (a new connection per request at tens
+/// of thousands of rps needs far more than the usual 1024) and returns the limit in force.
+fn raise_nofile() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current == before.maximum {
+        return before.current;
+    }
+    let raised = Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => before.maximum,
+        Err(e) => {
+            eprintln!(
+                "meshbench load: warning: cannot raise the open-files limit to its hard limit \
+                 {:?}: {e}",
+                before.maximum
+            );
+            before.current
+        }
+    }
+}
+
 /// `meshbench load`: one current-thread runtime (the harness pins the generator to one core),
 /// one JSON line on stdout.
 pub fn main(args: Args) -> anyhow::Result<()> {
-    let spec = Spec::from(args);
+    let mut spec = Spec::from(args);
+    let nofile = raise_nofile();
+    let cap = fd_cap(spec.max_in_flight, nofile);
+    if cap < spec.max_in_flight {
+        eprintln!(
+            "meshbench load: warning: --max-in-flight {} lowered to {cap}: the open-files \
+             limit is {nofile:?}",
+            spec.max_in_flight
+        );
+        spec.max_in_flight = cap;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -308,9 +387,16 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     }
     let detailed = runtime.block_on(run_detailed(&spec))?;
     // A few late timers are scheduling noise; more than 1 % means the numbers are suspect.
+    if detailed.report.generator_errors > 0 {
+        eprintln!(
+            "meshbench load: warning: {} requests failed in the generator itself (see \
+             error_samples): the run is not a measurement of the target",
+            detailed.report.generator_errors
+        );
+    }
     if detailed.lagged * 100 > detailed.report.requests {
         eprintln!(
-            "meshbench load: warning: {} of {} requests were sent more than 2 ms after their \
+            "meshbench load: warning: {} of {} requests were sent more than 1 ms after their \
              due time (worst {:.1} ms): the generator is short of CPU, rates and latencies are \
              suspect",
             detailed.lagged,
@@ -439,6 +525,24 @@ mod tests {
         s.conns = 1;
         s.proto = Proto::H2c;
         assert!(pacing_note(&s).is_none());
+    }
+
+    #[test]
+    fn the_in_flight_cap_fits_the_open_files_limit() {
+        assert_eq!(fd_cap(10_000, None), 10_000);
+        assert_eq!(fd_cap(10_000, Some(1024)), 960);
+        assert_eq!(fd_cap(100, Some(1 << 20)), 100);
+        assert_eq!(fd_cap(100, Some(10)), 1);
+    }
+
+    #[test]
+    fn reports_without_the_newer_fields_still_parse() {
+        let old = r#"{"proto":"h1","open_loop":true,"offered_rps":100.0,"achieved_rps":99.0,
+            "measured_s":1.0,"requests":100,"ok":100,"errors":0,"error_samples":[],
+            "connections":2,"latency_us":{"p50":1.0,"p90":1.0,"p99":1.0,"p999":1.0,"max":1.0,
+            "mean":1.0}}"#;
+        let r: Report = serde_json::from_str(old).unwrap();
+        assert_eq!((r.ok_after_window, r.generator_errors, r.lagged), (0, 0, 0));
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub(crate) enum Failure {
     Unsent(String),
     /// The exchange broke; the connection is unusable.
     Transport(String),
+    /// HTTP/2 RST_STREAM(REFUSED_STREAM): the server did not process the stream (RFC 9113
+    /// §8.7), so one retry is safe; the connection itself is fine.
+    Refused(String),
+    /// The generator could not make the request (out of file descriptors): its own failure,
+    /// not the target's.
+    Generator(String),
     /// A complete answer that is not a success.
     Response(String),
 }
@@ -54,7 +60,11 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn message(&self) -> &str {
         match self {
-            Failure::Unsent(m) | Failure::Transport(m) | Failure::Response(m) => m,
+            Failure::Unsent(m)
+            | Failure::Transport(m)
+            | Failure::Refused(m)
+            | Failure::Generator(m)
+            | Failure::Response(m) => m,
         }
     }
 
@@ -229,6 +239,19 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
+/// Whether a failed send was refused by the server with REFUSED_STREAM. hyper does not
+/// re-export h2's error type, so the reason is recognised by h2's wording for it ("refused
+/// stream before processing any application logic").
+pub(crate) fn is_refused_stream(text: &str) -> bool {
+    text.contains("refused stream")
+}
+
+/// Whether a socket error means this process (or the system) ran out of file descriptors.
+pub(crate) fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
+}
+
 /// An error with its sources, so "connection closed before message completed" and the like
 /// survive into the samples.
 pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -373,6 +396,22 @@ mod tests {
         assert_eq!(r.method(), Method::POST);
         assert_eq!(r.headers()[CONNECTION], "close");
         assert_eq!(shape.expect, Expect::Body(Some(10)));
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        let enfile = std::io::Error::from_raw_os_error(rustix::io::Errno::NFILE.raw_os_error());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_fd_exhaustion(&emfile) && is_fd_exhaustion(&enfile));
+        assert!(!is_fd_exhaustion(&refused));
+        assert!(is_refused_stream(
+            "http2 error: stream error received: refused stream before processing any \
+             application logic"
+        ));
+        assert!(!is_refused_stream("connection refused"));
+        assert!(Failure::Refused(String::new()).is_transport());
+        assert!(!Failure::Response(String::new()).is_transport());
     }
 
     #[test]
