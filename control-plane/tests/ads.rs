@@ -23,7 +23,7 @@ use weft_api::type_url::{CLUSTER, INBOUND, MESH, SERVICE};
 use weft_control::metrics::Metrics;
 use weft_control::xds::cache::{Cache, Generator};
 use weft_control::xds::server::{self, AdsServer};
-use weft_control::xds::snapshot::Generated;
+use weft_control::xds::snapshot::{Generated, Snapshot};
 use weft_control::xds::syncz::SyncRegistry;
 
 /// type -> name -> body.
@@ -58,10 +58,10 @@ impl FakeGen {
 }
 
 impl Generator for FakeGen {
-    fn generate(&self, node_id: &str) -> Result<Generated, String> {
+    fn generate(&self, node_id: &str) -> Result<Snapshot, String> {
         let nodes = self.0.lock().unwrap();
         let node = nodes.get(node_id).ok_or(format!("no workload {node_id}"))?;
-        Ok(node
+        let generated: Generated = node
             .iter()
             .map(|(t, rs)| {
                 let rs = rs
@@ -76,7 +76,8 @@ impl Generator for FakeGen {
                     .collect();
                 (*t, rs)
             })
-            .collect())
+            .collect();
+        Ok(Snapshot::from_generated(generated))
     }
 }
 

@@ -11,15 +11,15 @@ use std::sync::Arc;
 use clap::Parser;
 use weft_control::app::{self, Args};
 use weft_control::xds::cache::Generator;
-use weft_control::xds::snapshot::Generated;
+use weft_control::xds::snapshot::Snapshot;
 
 use common::{NoStore, http_get, mk_dir};
 
 struct NoGen;
 
 impl Generator for NoGen {
-    fn generate(&self, _: &str) -> Result<Generated, String> {
-        Ok(Generated::new())
+    fn generate(&self, _: &str) -> Result<Snapshot, String> {
+        Ok(Snapshot::from_generated(Default::default()))
     }
 }
 

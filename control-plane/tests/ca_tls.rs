@@ -25,7 +25,7 @@ use weft_api::type_url::{INBOUND, INBOUND_NAME, Resource as _};
 use weft_control::app::{self, Args, Running};
 use weft_control::spiffe::SpiffeId;
 use weft_control::xds::cache::Generator;
-use weft_control::xds::snapshot::Generated;
+use weft_control::xds::snapshot::{Generated, Snapshot};
 
 use common::{NoStore, http_get, mk_dir};
 
@@ -37,7 +37,7 @@ const RATINGS: &str = "spiffe://cluster.local/ns/default/sa/ratings";
 struct Workloads;
 
 impl Generator for Workloads {
-    fn generate(&self, node_id: &str) -> Result<Generated, String> {
+    fn generate(&self, node_id: &str) -> Result<Snapshot, String> {
         let mut out = Generated::new();
         let (name, ns) = node_id.split_once('.').ok_or("bad node id")?;
         if ns == "default" && (name == "reviews" || name == "ratings") {
@@ -52,7 +52,7 @@ impl Generator for Workloads {
                 [(INBOUND_NAME.to_string(), inbound.to_any())].into(),
             );
         }
-        Ok(out)
+        Ok(Snapshot::from_generated(out))
     }
 }
 

@@ -12,13 +12,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::snapshot::{Generated, Snapshot};
+use super::snapshot::Snapshot;
 
 /// Produces a proxy's resources from the current model. Implementations are pure with respect to
 /// the model they hold: called twice with no model change, they return the same resources.
 pub trait Generator: Send + Sync + 'static {
     /// The resources for the proxy whose `node.id` is `node_id`, or why there are none.
-    fn generate(&self, node_id: &str) -> Result<Generated, String>;
+    fn generate(&self, node_id: &str) -> Result<Snapshot, String>;
 }
 
 /// Why a proxy cannot subscribe.
@@ -96,7 +96,6 @@ impl Cache {
         let snapshot = self
             .generator
             .generate(node_id)
-            .map(Snapshot::from_generated)
             .map_err(|reason| CacheError::Generate {
                 node_id: node_id.to_string(),
                 reason,
@@ -131,7 +130,7 @@ impl Cache {
             let generated = self.generator.generate(&node_id);
             stats.nodes += 1;
             let snapshot = match generated {
-                Ok(g) => Snapshot::from_generated(g),
+                Ok(s) => s,
                 Err(reason) => {
                     stats.failed += 1;
                     tracing::error!(node = %node_id, %reason, "cannot generate config; the proxy keeps its previous config");
@@ -250,6 +249,7 @@ mod tests {
     use weft_api::type_url::{CLUSTER, SERVICE};
 
     use super::*;
+    use crate::xds::snapshot::Generated;
 
     /// Serves `SERVICE` with a body per node that tests can change.
     #[derive(Default)]
@@ -259,7 +259,7 @@ mod tests {
     }
 
     impl Generator for FakeGen {
-        fn generate(&self, node_id: &str) -> Result<Generated, String> {
+        fn generate(&self, node_id: &str) -> Result<Snapshot, String> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let body = lock(&self.bodies)
                 .get(node_id)
@@ -269,10 +269,10 @@ mod tests {
                 type_url: SERVICE.into(),
                 value: body.into_bytes(),
             };
-            Ok(Generated::from([(
+            Ok(Snapshot::from_generated(Generated::from([(
                 SERVICE,
                 BTreeMap::from([("svc".to_string(), any)]),
-            )]))
+            )])))
         }
     }
 

@@ -5,7 +5,7 @@
 //! what it already has is sent nothing (SotW `version_info`, delta `initial_resource_versions`).
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use prost_types::Any;
 
@@ -31,14 +31,29 @@ pub struct TypeResources {
 }
 
 /// Every resource of every type for one proxy; immutable once built, shared as `Arc<Snapshot>`.
+/// Each type's resources are behind an `Arc` of their own, so proxies with the same outbound
+/// config share one copy (built and hashed once per model, not once per proxy).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    types: BTreeMap<String, TypeResources>,
+    types: BTreeMap<String, Arc<TypeResources>>,
 }
 
 // === impl TypeResources ===
 
 impl TypeResources {
+    /// Hashes every resource of one type.
+    pub fn build(resources: BTreeMap<String, Any>) -> Self {
+        Self::new(
+            resources
+                .into_iter()
+                .map(|(name, resource)| {
+                    let version = resource_version(&resource);
+                    (name, VersionedResource { version, resource })
+                })
+                .collect(),
+        )
+    }
+
     fn new(resources: BTreeMap<String, VersionedResource>) -> Self {
         let version = set_version(
             resources
@@ -62,7 +77,8 @@ impl TypeResources {
     }
 }
 
-static EMPTY: LazyLock<TypeResources> = LazyLock::new(|| TypeResources::new(BTreeMap::new()));
+static EMPTY: LazyLock<Arc<TypeResources>> =
+    LazyLock::new(|| Arc::new(TypeResources::new(BTreeMap::new())));
 
 // === impl Snapshot ===
 
@@ -70,26 +86,29 @@ impl Snapshot {
     /// Hashes every resource. Every type in `weft_api::type_url::ALL` is present (maybe empty),
     /// so that a proxy subscribing to a type with no resources still gets an answer.
     pub fn from_generated(generated: Generated) -> Self {
-        let mut types: BTreeMap<String, TypeResources> = weft_api::type_url::ALL
-            .iter()
-            .map(|t| ((*t).to_string(), EMPTY.clone()))
-            .collect();
-        for (type_url, resources) in generated {
-            let resources = resources
+        Self::from_parts(
+            generated
                 .into_iter()
-                .map(|(name, resource)| {
-                    let version = resource_version(&resource);
-                    (name, VersionedResource { version, resource })
-                })
-                .collect();
-            types.insert(type_url.to_string(), TypeResources::new(resources));
+                .map(|(t, r)| (t, Arc::new(TypeResources::build(r)))),
+        )
+    }
+
+    /// A snapshot of types already hashed (some of them shared with other proxies). Every
+    /// type in `weft_api::type_url::ALL` is present, as with [`Snapshot::from_generated`].
+    pub fn from_parts(parts: impl IntoIterator<Item = (&'static str, Arc<TypeResources>)>) -> Self {
+        let mut types: BTreeMap<String, Arc<TypeResources>> = weft_api::type_url::ALL
+            .iter()
+            .map(|t| ((*t).to_string(), Arc::clone(&EMPTY)))
+            .collect();
+        for (type_url, resources) in parts {
+            types.insert(type_url.to_string(), resources);
         }
         Self { types }
     }
 
     /// The resources of a type; an unknown type has none.
     pub fn get(&self, type_url: &str) -> &TypeResources {
-        self.types.get(type_url).unwrap_or(&EMPTY)
+        self.types.get(type_url).map_or(&EMPTY, |t| t)
     }
 
     /// Type URL -> version of the full set, for comparing snapshots cheaply.

@@ -23,7 +23,7 @@ pub mod resilience;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost_types::Any;
 use weft_api::mesh;
@@ -112,30 +112,121 @@ pub struct Translated {
 impl Translated {
     /// Packs every resource into `Any`s by type URL and name.
     pub fn pack(&self) -> ProxyResources {
-        let mut by_type: BTreeMap<&'static str, BTreeMap<String, Any>> = type_url::ALL
-            .iter()
-            .map(|t| (*t, BTreeMap::new()))
-            .collect();
-        let mut put = |type_url: &'static str, name: &str, any: Any| {
-            by_type
-                .entry(type_url)
-                .or_default()
-                .insert(name.to_string(), any);
-        };
-        put(type_url::MESH, type_url::MESH_NAME, self.mesh.to_any());
-        if let Some(inbound) = &self.inbound {
-            put(type_url::INBOUND, type_url::INBOUND_NAME, inbound.to_any());
-        }
-        for s in &self.services {
-            put(type_url::SERVICE, &s.name, s.to_any());
-        }
-        for c in &self.clusters {
-            put(type_url::CLUSTER, &c.name, c.to_any());
-        }
-        for e in &self.endpoints {
-            put(type_url::ENDPOINTS, &e.cluster, e.to_any());
-        }
+        let mut by_type = self.pack_own();
+        by_type.extend(self.pack_outbound());
         ProxyResources { by_type }
+    }
+
+    /// The proxy's own resources, packed: [`OWN_TYPES`] (Mesh, and Inbound if it has one).
+    pub fn pack_own(&self) -> BTreeMap<&'static str, BTreeMap<String, Any>> {
+        let mut mesh = BTreeMap::new();
+        mesh.insert(type_url::MESH_NAME.to_string(), self.mesh.to_any());
+        let mut inbound = BTreeMap::new();
+        if let Some(i) = &self.inbound {
+            inbound.insert(type_url::INBOUND_NAME.to_string(), i.to_any());
+        }
+        BTreeMap::from([(type_url::MESH, mesh), (type_url::INBOUND, inbound)])
+    }
+
+    /// The outbound resources, packed: [`OUTBOUND_TYPES`] (services, clusters, endpoints),
+    /// the same for every proxy with the same [`OutboundKey`].
+    pub fn pack_outbound(&self) -> BTreeMap<&'static str, BTreeMap<String, Any>> {
+        let services = self.services.iter().map(|s| (s.name.clone(), s.to_any()));
+        let clusters = self.clusters.iter().map(|c| (c.name.clone(), c.to_any()));
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| (e.cluster.clone(), e.to_any()));
+        BTreeMap::from([
+            (type_url::SERVICE, services.collect()),
+            (type_url::CLUSTER, clusters.collect()),
+            (type_url::ENDPOINTS, endpoints.collect()),
+        ])
+    }
+}
+
+/// The types only the proxy itself determines (its workload and the mesh settings).
+pub const OWN_TYPES: [&str; 2] = [type_url::MESH, type_url::INBOUND];
+/// The types determined by the model, the proxy's namespace and its [`OutboundKey`].
+pub const OUTBOUND_TYPES: [&str; 3] = [type_url::SERVICE, type_url::CLUSTER, type_url::ENDPOINTS];
+
+/// What a proxy's outbound resources (services, clusters, endpoints) depend on besides the
+/// model: its namespace, and which of the model's workload-label conditions its workload
+/// meets (DestinationRule `workloadSelector`s, VirtualService `sourceLabels`). Proxies with
+/// equal keys get identical outbound resources, so the control plane translates them once
+/// per model and shares the result; only Mesh and Inbound are per proxy. (A fan-out to N
+/// proxies otherwise repeats the whole translation N times.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutboundKey {
+    namespace: String,
+    /// One entry per label condition of the model, in the model's (stable) order.
+    selected: Vec<bool>,
+}
+
+/// The [`OutboundKey`] of `proxy`. It must read every proxy-dependent input of
+/// [`Cx::service`], [`Cx::destination_rule`] and [`Cx::endpoints`]: the namespace, and the
+/// labels only through [`Cx::source_matches`] and the workloadSelector test of
+/// [`Cx::destination_rule`].
+pub fn outbound_key(model: &Model, proxy: &ProxyId) -> OutboundKey {
+    let labels = model
+        .workload_entries
+        .get(&ObjectRef::new(
+            Kind::WorkloadEntry,
+            proxy.namespace.clone(),
+            proxy.name.clone(),
+        ))
+        .map(|w| &w.spec.labels);
+    let meets = |wanted: &BTreeMap<String, String>| labels.is_some_and(|l| labels_match(wanted, l));
+    let mut selected = Vec::new();
+    for dr in model.destination_rules.values() {
+        if let Some(sel) = &dr.spec.workload_selector {
+            selected
+                .push(dr.namespace() == proxy.namespace && labels.is_some_and(|l| sel.matches(l)));
+        }
+    }
+    for vs in model.virtual_services.values() {
+        let http = vs
+            .spec
+            .http
+            .iter()
+            .flat_map(|r| &r.matches)
+            .map(|m| &m.source_labels);
+        let tcp = vs
+            .spec
+            .tcp
+            .iter()
+            .flat_map(|r| &r.matches)
+            .map(|m| &m.source_labels);
+        for wanted in http.chain(tcp).filter(|w| !w.is_empty()) {
+            selected.push(meets(wanted));
+        }
+    }
+    OutboundKey {
+        namespace: proxy.namespace.clone(),
+        selected,
+    }
+}
+
+/// Only the proxy's own resources (Mesh and Inbound), without translating its services:
+/// what a proxy needs when its outbound half is already known by its [`OutboundKey`].
+pub fn translate_own(model: &Model, proxy: &ProxyId) -> Translated {
+    let cx = Cx::without_services(model, proxy);
+    Translated {
+        mesh: mesh_resource(model),
+        inbound: cx.inbound(),
+        ..Default::default()
+    }
+}
+
+fn mesh_resource(model: &Model) -> mesh::Mesh {
+    mesh::Mesh {
+        trust_domain: model.settings.trust_domain.clone(),
+        dns_domain: model.settings.dns_domain.clone(),
+        trust_bundle: model.settings.trust_bundle.clone(),
+        outbound_traffic_policy: match model.settings.outbound_traffic_policy {
+            OutboundTrafficPolicy::AllowAny => mesh::OutboundTrafficPolicy::AllowAny,
+            OutboundTrafficPolicy::RegistryOnly => mesh::OutboundTrafficPolicy::RegistryOnly,
+        } as i32,
     }
 }
 
@@ -153,15 +244,7 @@ pub fn cluster_name(port: u32, subset: &str, fqdn: &str) -> String {
 pub fn translate(model: &Model, proxy: &ProxyId) -> Translated {
     let cx = Cx::new(model, proxy);
     let mut out = Translated {
-        mesh: mesh::Mesh {
-            trust_domain: model.settings.trust_domain.clone(),
-            dns_domain: model.settings.dns_domain.clone(),
-            trust_bundle: model.settings.trust_bundle.clone(),
-            outbound_traffic_policy: match model.settings.outbound_traffic_policy {
-                OutboundTrafficPolicy::AllowAny => mesh::OutboundTrafficPolicy::AllowAny,
-                OutboundTrafficPolicy::RegistryOnly => mesh::OutboundTrafficPolicy::RegistryOnly,
-            } as i32,
-        },
+        mesh: mesh_resource(model),
         inbound: cx.inbound(),
         ..Default::default()
     };
@@ -235,6 +318,10 @@ struct Cx<'m> {
     workload: Option<&'m Object<WorkloadEntry>>,
     /// Visible services by FQDN.
     services: BTreeMap<String, Svc<'m>>,
+    /// WorkloadEntries by (namespace, label key, label value), each list in the model's
+    /// order: a selector is checked only against the entries carrying its first label, not
+    /// against every entry of the mesh (else a translation costs services × workloads).
+    by_label: HashMap<(&'m str, &'m str, &'m str), Vec<&'m Object<WorkloadEntry>>>,
 }
 
 impl<'m> Cx<'m> {
@@ -264,11 +351,64 @@ impl<'m> Cx<'m> {
                 });
             }
         }
+        let mut by_label: HashMap<_, Vec<_>> = HashMap::new();
+        for we in model.workload_entries.values() {
+            for (k, v) in &we.spec.labels {
+                by_label
+                    .entry((we.namespace(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(we);
+            }
+        }
         Self {
             model,
             proxy,
             workload,
             services,
+            by_label,
+        }
+    }
+
+    /// The WorkloadEntries of `namespace` that `selector` selects, in the model's order.
+    fn selected(
+        &self,
+        namespace: &str,
+        selector: &kinds::WorkloadSelector,
+    ) -> Vec<&'m Object<WorkloadEntry>> {
+        match selector.labels.iter().next() {
+            Some((k, v)) => self
+                .by_label
+                .get(&(namespace, k.as_str(), v.as_str()))
+                .map(|candidates| {
+                    candidates
+                        .iter()
+                        .copied()
+                        .filter(|we| selector.matches(&we.spec.labels))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            // An empty selector selects every entry of the namespace.
+            None => self
+                .model
+                .workload_entries
+                .values()
+                .filter(|we| we.namespace() == namespace)
+                .collect(),
+        }
+    }
+
+    /// A context for the proxy's own resources only (no visible services computed).
+    fn without_services(model: &'m Model, proxy: &'m ProxyId) -> Self {
+        Self {
+            model,
+            proxy,
+            workload: model.workload_entries.get(&ObjectRef::new(
+                Kind::WorkloadEntry,
+                proxy.namespace.clone(),
+                proxy.name.clone(),
+            )),
+            services: BTreeMap::new(),
+            by_label: HashMap::new(),
         }
     }
 
@@ -692,12 +832,8 @@ impl<'m> Cx<'m> {
         let settings = &self.model.settings;
         let spiffe: Vec<String> = match &svc.se.spec.workload_selector {
             Some(selector) => self
-                .model
-                .workload_entries
-                .values()
-                .filter(|we| {
-                    we.namespace() == svc.se.namespace() && selector.matches(&we.spec.labels)
-                })
+                .selected(svc.se.namespace(), selector)
+                .into_iter()
                 .map(|we| settings.spiffe_id(we.namespace(), we.spec.service_account()))
                 .collect(),
             None => Vec::new(),
@@ -723,11 +859,8 @@ impl<'m> Cx<'m> {
         };
         let mut out = Vec::new();
         if let Some(selector) = &svc.se.spec.workload_selector {
-            for we in self.model.workload_entries.values() {
-                if we.namespace() != svc.se.namespace()
-                    || !selector.matches(&we.spec.labels)
-                    || !wanted(&we.spec.labels)
-                {
+            for we in self.selected(svc.se.namespace(), selector) {
+                if !wanted(&we.spec.labels) {
                     continue;
                 }
                 out.push(mesh::Endpoint {

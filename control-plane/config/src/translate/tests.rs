@@ -192,3 +192,174 @@ fn clusters_carry_identities_and_auto_tls_without_a_destination_rule() {
         })
     );
 }
+
+/// Two workloads alike (`a1`, `a2`: same namespace, labels meeting the same conditions), one
+/// selected by a DestinationRule's workloadSelector and a route's sourceLabels (`b`), one in
+/// another namespace (`c`).
+const KEYED: &str = "\
+apiVersion: networking.weft.dev/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: team}
+spec:
+  hosts: [api.team.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: api}}
+---
+apiVersion: networking.weft.dev/v1
+kind: DestinationRule
+metadata: {name: api-for-b, namespace: team}
+spec:
+  host: api.team.svc.cluster.local
+  workloadSelector: {matchLabels: {app: b}}
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+---
+apiVersion: networking.weft.dev/v1
+kind: VirtualService
+metadata: {name: api, namespace: team}
+spec:
+  hosts: [api.team.svc.cluster.local]
+  http:
+  - match: [{sourceLabels: {app: b}}]
+    route: [{destination: {host: api.team.svc.cluster.local}}]
+    timeout: 1s
+  - route: [{destination: {host: api.team.svc.cluster.local}}]
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: a1, namespace: team}
+spec: {address: 10.0.0.1, labels: {app: a, version: v1}, serviceAccount: a}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: a2, namespace: team}
+spec: {address: 10.0.0.2, labels: {app: a, version: v2}, serviceAccount: a}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: b, namespace: team}
+spec: {address: 10.0.0.3, labels: {app: b}, serviceAccount: b}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: c, namespace: other}
+spec: {address: 10.0.0.4, labels: {app: a}, serviceAccount: c}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: api, namespace: team}
+spec: {address: 10.0.0.9, labels: {app: api}, serviceAccount: api}
+";
+
+#[test]
+fn proxies_with_equal_outbound_keys_get_identical_outbound_resources() {
+    let mut index = Index::new(MeshSettings::default());
+    let diags = index.apply_file(std::path::Path::new("k.yaml"), KEYED);
+    assert!(diags.is_empty(), "{diags:?}");
+    let model = index.model();
+    let id = |name: &str, ns: &str| ProxyId::new(name, ns);
+    let key = |p: &ProxyId| outbound_key(&model, p);
+    let outbound = |p: &ProxyId| translate(&model, p).pack_outbound();
+    let (a1, a2, b, c) = (
+        id("a1", "team"),
+        id("a2", "team"),
+        id("b", "team"),
+        id("c", "other"),
+    );
+
+    // Alike: one key, one outbound half (though their labels and inbound differ).
+    assert_eq!(key(&a1), key(&a2));
+    assert_eq!(outbound(&a1), outbound(&a2));
+    assert_ne!(
+        translate(&model, &a1).pack_own(),
+        translate(&model, &a2).pack_own()
+    );
+
+    // The selected workload and the other namespace get keys of their own, and their
+    // outbound halves really differ, so sharing across keys would be wrong.
+    assert_ne!(key(&a1), key(&b));
+    assert_ne!(outbound(&a1), outbound(&b));
+    assert_ne!(key(&a1), key(&c));
+    assert_ne!(outbound(&a1), outbound(&c));
+}
+
+#[test]
+fn the_own_half_alone_equals_the_own_half_of_a_full_translation() {
+    let mut index = Index::new(MeshSettings::default());
+    index.apply_file(std::path::Path::new("k.yaml"), KEYED);
+    let model = index.model();
+    for (name, ns) in [
+        ("a1", "team"),
+        ("b", "team"),
+        ("c", "other"),
+        ("nobody", "team"),
+    ] {
+        let p = ProxyId::new(name, ns);
+        let full = translate(&model, &p);
+        assert_eq!(
+            translate_own(&model, &p).pack_own(),
+            full.pack_own(),
+            "{name}.{ns}"
+        );
+        let mut merged = full.pack_own();
+        merged.extend(full.pack_outbound());
+        assert_eq!(merged, for_proxy(&model, &p).by_type, "{name}.{ns}");
+    }
+}
+
+#[test]
+fn selectors_pick_entries_of_their_namespace_carrying_every_label() {
+    let yaml = "\
+apiVersion: networking.weft.dev/v1
+kind: ServiceEntry
+metadata: {name: two, namespace: team}
+spec:
+  hosts: [two.team.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: api, tier: back}}
+---
+apiVersion: networking.weft.dev/v1
+kind: ServiceEntry
+metadata: {name: all, namespace: team}
+spec:
+  hosts: [all.team.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {}}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: w1, namespace: team}
+spec: {address: 10.0.0.1, labels: {app: api, tier: back}}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: w2, namespace: team}
+spec: {address: 10.0.0.2, labels: {app: api, tier: front}}
+---
+apiVersion: networking.weft.dev/v1
+kind: WorkloadEntry
+metadata: {name: w3, namespace: elsewhere}
+spec: {address: 10.0.0.3, labels: {app: api, tier: back}}
+";
+    let mut index = Index::new(MeshSettings::default());
+    let diags = index.apply_file(std::path::Path::new("s.yaml"), yaml);
+    assert!(diags.is_empty(), "{diags:?}");
+    let t = translate(&index.model(), &ProxyId::new("p", "team"));
+    let addresses = |cluster: &str| -> Vec<String> {
+        t.endpoints
+            .iter()
+            .find(|e| e.cluster == cluster)
+            .map(|e| e.endpoints.iter().map(|ep| ep.address.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        addresses("outbound|80||two.team.svc.cluster.local"),
+        ["10.0.0.1"]
+    );
+    assert_eq!(
+        addresses("outbound|80||all.team.svc.cluster.local"),
+        ["10.0.0.1", "10.0.0.2"]
+    );
+}
