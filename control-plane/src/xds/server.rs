@@ -32,6 +32,9 @@ use super::stream::{DeltaStream, Event, Nonces, Protocol, SotwStream};
 use super::syncz::SyncRegistry;
 use crate::metrics::Metrics;
 
+/// The largest ADS request the server reads (see [`AdsServer::into_service`]).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
 /// Responses buffered per stream before the stream task waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 16;
 
@@ -74,9 +77,11 @@ impl AdsServer {
         self
     }
 
-    /// The tonic service, ready to add to a `Server`.
+    /// The tonic service, ready to add to a `Server`. A delta reconnect lists every resource
+    /// it holds (`initial_resource_versions`): tens of thousands of names in a large mesh, past
+    /// gRPC's default 4 MiB, so requests may be as large as [`MAX_REQUEST_BYTES`].
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
     /// Reads the first request, which must name the node, and subscribes it.

@@ -27,6 +27,11 @@ use super::apply::{Applier, ApplyError, removed_names, resource_name};
 use super::state::{DeltaState, SotwState};
 use crate::telemetry::Metrics;
 
+/// The largest xDS response the proxy reads. A first response (SotW or delta) carries every
+/// resource of a type: 10,000 services' endpoints are about 6 MiB, past gRPC's default 4 MiB,
+/// which left such a mesh's sidecars without config (benches W7).
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// Which ADS variant to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -124,9 +129,10 @@ impl GrpcTransport {
         }
         // A lazy channel connects on the first call, so a refused connection surfaces as that
         // call's error (and `connect()`'s future trips a higher-ranked `Send` limitation).
-        Ok(AggregatedDiscoveryServiceClient::new(
-            endpoint.connect_lazy(),
-        ))
+        Ok(
+            AggregatedDiscoveryServiceClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+        )
     }
 }
 
