@@ -288,6 +288,32 @@ pub fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the open-files soft limit to the hard limit (a new connection per request at tens
+/// of thousands of rps, or thousands of simulated sidecars, need far more than the usual
+/// 1024) and returns the limit in force (`None`: unlimited).
+pub fn raise_nofile() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    if before.current == before.maximum {
+        return before.current;
+    }
+    let raised = Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => before.maximum,
+        Err(e) => {
+            eprintln!(
+                "meshbench: warning: cannot raise the open-files limit to its hard limit \
+                 {:?}: {e}",
+                before.maximum
+            );
+            before.current
+        }
+    }
+}
+
 /// The 1, 5 and 15 minute load averages.
 pub fn loadavg() -> anyhow::Result<[f64; 3]> {
     let text = std::fs::read_to_string("/proc/loadavg").context("read /proc/loadavg")?;

@@ -339,36 +339,11 @@ fn fd_cap(max_in_flight: usize, nofile: Option<u64>) -> usize {
     }
 }
 
-/// Raises the open-files soft limit to the hard limit (a new connection per request at tens
-/// of thousands of rps needs far more than the usual 1024) and returns the limit in force.
-fn raise_nofile() -> Option<u64> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let before = getrlimit(Resource::Nofile);
-    if before.current == before.maximum {
-        return before.current;
-    }
-    let raised = Rlimit {
-        current: before.maximum,
-        maximum: before.maximum,
-    };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => before.maximum,
-        Err(e) => {
-            eprintln!(
-                "meshbench load: warning: cannot raise the open-files limit to its hard limit \
-                 {:?}: {e}",
-                before.maximum
-            );
-            before.current
-        }
-    }
-}
-
 /// `meshbench load`: one current-thread runtime (the harness pins the generator to one core),
 /// one JSON line on stdout.
 pub fn main(args: Args) -> anyhow::Result<()> {
     let mut spec = Spec::from(args);
-    let nofile = raise_nofile();
+    let nofile = crate::sys::raise_nofile();
     let cap = fd_cap(spec.max_in_flight, nofile);
     if cap < spec.max_in_flight {
         eprintln!(

@@ -449,6 +449,23 @@ impl ClientCtx {
             .cloned()
     }
 
+    /// After the ACK of a response of type `t`: reports the watched change if the response
+    /// carried it, and the sync once every type awaited on this stream has arrived.
+    fn acked(
+        &mut self,
+        hit: Option<u64>,
+        pending: &mut BTreeSet<&'static str>,
+        t: &'static str,
+        epoch: u64,
+    ) {
+        if let Some(id) = hit {
+            self.changed(id);
+        }
+        if pending.remove(t) && pending.is_empty() {
+            self.synced(epoch);
+        }
+    }
+
     fn changed(&mut self, id: u64) {
         self.reported = id;
         let _ = self.events.send(Event::Changed {
@@ -533,12 +550,7 @@ async fn delta_stream(ctx: &mut ClientCtx, held: &mut Held, epoch: u64) -> End {
         if tx.send(ack).await.is_err() {
             return End::Error("request stream closed".into());
         }
-        if let Some(id) = hit {
-            ctx.changed(id);
-        }
-        if pending.remove(t) && pending.is_empty() {
-            ctx.synced(epoch);
-        }
+        ctx.acked(hit, &mut pending, t, epoch);
     }
 }
 
@@ -604,12 +616,7 @@ async fn sotw_stream(ctx: &mut ClientCtx, held: &mut Held, epoch: u64) -> End {
         if tx.send(ack).await.is_err() {
             return End::Error("request stream closed".into());
         }
-        if let Some(id) = hit {
-            ctx.changed(id);
-        }
-        if pending.remove(t) && pending.is_empty() {
-            ctx.synced(epoch);
-        }
+        ctx.acked(hit, &mut pending, t, epoch);
     }
 }
 

@@ -90,28 +90,9 @@ pub fn fit1(points: &[(f64, f64)]) -> Option<(f64, f64)> {
     Some((my - b * mx, b))
 }
 
-/// utime + stime in clock ticks from the text of `/proc/<pid>/stat` (fields 14 and 15,
-/// counted after the parenthesised command name, which may contain spaces).
-pub fn stat_ticks(text: &str) -> Option<u64> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14 => index 11.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// A `kB` line of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in KiB.
-pub fn status_kib(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
 /// `MemAvailable` of `/proc/meminfo`, in KiB.
 pub fn meminfo_available_kib(text: &str) -> Option<u64> {
-    status_kib(text, "MemAvailable")
+    crate::sys::parse_kib(text, "MemAvailable")
 }
 
 /// The first field of a protobuf message if it is field 1, length-delimited, as UTF-8: the
@@ -177,14 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn proc_text_is_parsed() {
-        let stat = "4242 (weft control) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 9 0 100 200 300";
-        assert_eq!(stat_ticks(stat), Some(300));
-        assert_eq!(stat_ticks("garbage"), None);
-        let status = "Name:\tweft\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
-        assert_eq!(status_kib(status, "VmRSS"), Some(1024));
-        assert_eq!(status_kib(status, "VmHWM"), Some(2048));
-        assert_eq!(status_kib(status, "VmSwap"), None);
+    fn meminfo_is_parsed() {
         assert_eq!(
             meminfo_available_kib("MemTotal: 10 kB\nMemAvailable:    7 kB\n"),
             Some(7)

@@ -321,7 +321,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Report> {
     }
     std::fs::create_dir_all(&spec.work_dir)
         .with_context(|| format!("create {}", spec.work_dir.display()))?;
-    let nofile = procs::raise_nofile();
+    let nofile = crate::sys::raise_nofile().unwrap_or(u64::MAX);
     let w7 = w7::run(spec).await;
     let w8 = w8::run(spec, nofile).await;
     Ok(Report { w7, w8 })

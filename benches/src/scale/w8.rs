@@ -134,7 +134,7 @@ impl Sampler {
             let (stop, peak) = (stop.clone(), Arc::clone(&peak));
             async move {
                 loop {
-                    if let Ok(kib) = procs::status_kib(pid, "VmRSS") {
+                    if let Ok(kib) = crate::sys::rss_kib(pid) {
                         peak.fetch_max(kib, Ordering::Relaxed);
                     }
                     tokio::select! {
@@ -150,7 +150,7 @@ impl Sampler {
     async fn finish(self, pid: u32) -> u64 {
         self.stop.cancel();
         let _ = self.task.await;
-        if let Ok(kib) = procs::status_kib(pid, "VmRSS") {
+        if let Ok(kib) = crate::sys::rss_kib(pid) {
             self.peak.fetch_max(kib, Ordering::Relaxed);
         }
         self.peak.load(Ordering::Relaxed)
